@@ -1,0 +1,1 @@
+"""Distillation of a diffusion teacher into a one-step student (DMD, DMD2)."""

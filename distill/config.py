@@ -1,0 +1,81 @@
+"""Check a distillation config before any work starts; every problem is one ConfigError line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from eval.samplers import SAMPLERS
+from teachers.errors import ConfigError
+from teachers.gmm import GaussianMixture, mixture_from_lists
+from teachers.mlp import MLPDenoiser
+from teachers.train import check_teacher_folder
+
+REAL_SCORES = ("network", "analytic")
+REGRESSION_DISTANCES = ("l2", "pseudo_huber")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = section[key]
+        _require(isinstance(value, (int, float)) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
+
+
+def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
+    """teacher.real is known; a given teacher.path is a teacher folder of the data's dimension."""
+    _require(teacher.real in REAL_SCORES, f"teacher.real={teacher.real}; allowed: {', '.join(REAL_SCORES)}")
+    if teacher.path is None:
+        return
+    check_teacher_folder(Path(teacher.path))
+    dim = MLPDenoiser.load_config(teacher.path)["dim"]
+    _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
+
+
+def check_loss(loss: DictConfig) -> None:
+    """Weights, distance and sigma range of the distillation losses."""
+    for key in ("dmd_weight", "regression_weight", "fake_weight"):
+        _require(loss[key] >= 0, f"loss.{key}={loss[key]}; it must be >= 0")
+    _require(loss.dmd_weight > 0 or loss.regression_weight > 0, "loss.dmd_weight and loss.regression_weight are both 0; at least one must be > 0")
+    _require(
+        loss.regression_distance in REGRESSION_DISTANCES,
+        f"loss.regression_distance={loss.regression_distance}; allowed: {', '.join(REGRESSION_DISTANCES)}",
+    )
+    s = loss.sigma
+    _require(0 < s.min < s.max, f"loss.sigma.min={s.min}, loss.sigma.max={s.max}; need 0 < min < max")
+    _require(0 <= s.t_min < s.t_max <= 1, f"loss.sigma.t_min={s.t_min}, loss.sigma.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
+    _require(loss.pairs.sampler in SAMPLERS, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLERS)}")
+    _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
+
+
+def check_train(train: DictConfig, student: DictConfig) -> None:
+    """Step counts, batch sizes, clipping and EMA."""
+    _require(student.num_steps == 1, f"student.num_steps={student.num_steps}; only 1 (one-step students) is supported")
+    _require(isinstance(train.max_steps, int) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
+    _check_positive(train, "train", ("batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every"))
+    _require(train.grad_clip is None or train.grad_clip > 0, f"train.grad_clip={train.grad_clip}; use null or a number > 0")
+    _require(train.ema_decay is None or 0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}; use null or a number in [0, 1)")
+    _require(train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
+
+
+def check_eval(eval_cfg: DictConfig) -> None:
+    """Sample counts and the teacher's samplers."""
+    _check_positive(eval_cfg, "eval", ("num_samples", "mmd_max_samples", "mode_recall_share"))
+    _require(0 < eval_cfg.mode_radius_quantile < 1, f"eval.mode_radius_quantile={eval_cfg.mode_radius_quantile}; it must be in (0, 1)")
+    for spec in eval_cfg.teacher_samplers:
+        _require(spec.name in SAMPLERS, f"eval.teacher_samplers name={spec.name}; allowed: {', '.join(SAMPLERS)}")
+        _require(spec.num_steps >= 1, f"eval.teacher_samplers num_steps={spec.num_steps}; it must be >= 1")
+
+
+def validate(cfg: DictConfig) -> GaussianMixture:
+    """Every check of a distillation config; returns the data mixture."""
+    mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
+    check_teacher(cfg.teacher, mixture)
+    check_loss(cfg.loss)
+    check_train(cfg.train, cfg.student)
+    check_eval(cfg.eval)
+    return mixture

@@ -1,0 +1,162 @@
+"""The distillation run: accelerate orchestration only; the math lives in steps and losses."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import matplotlib.image
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from distill.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+from distill.config import validate
+from distill.export import export_student
+from distill.generator import OneStepGenerator, trainable_copy
+from distill.noise import sample_dmd_sigma
+from distill.pairs import generate_pairs, load_pairs, save_dataset_atomic
+from distill.state import TrainState
+from distill.steps import fake_step, student_step
+from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
+from eval.plots import scatter_panels
+from teachers.gmm import GaussianMixture, GMMDenoiser
+from teachers.train import load_teacher, train_teacher
+
+PLOT_SAMPLES = 2000
+
+
+def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
+    """Accelerate with tensorboard logging into <run_dir>/tensorboard."""
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
+    return Accelerator(log_with="tensorboard", project_config=project)
+
+
+def setup_teacher(cfg: DictConfig, mixture: GaussianMixture, run_dir: Path, accelerator: Accelerator):
+    """The teacher network (trained into the run dir if no path is given) and D_real."""
+    path = Path(cfg.teacher.path) if cfg.teacher.path else run_dir / "teacher"
+    if cfg.teacher.path is None and not path.exists() and accelerator.is_main_process:
+        train_teacher(mixture, cfg.teacher, seed=cfg.seed).save_pretrained(path)
+    accelerator.wait_for_everyone()
+    teacher = load_teacher(path).to(accelerator.device)
+    real = GMMDenoiser(mixture) if cfg.teacher.real == "analytic" else teacher
+    return teacher, real
+
+
+def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerator):
+    """Teacher ODE pairs for the regression loss, made once per run dir; None when unused."""
+    if cfg.loss.regression_weight == 0:
+        return None
+    path = run_dir / "pairs"
+    if not path.exists() and accelerator.is_main_process:
+        pairs = generate_pairs(teacher, **cfg.loss.pairs, seed=cfg.seed)
+        save_dataset_atomic(pairs, path)
+    accelerator.wait_for_everyone()
+    return tuple(t.to(accelerator.device) for t in load_pairs(path))
+
+
+def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimizer:
+    """AdamW with the configured betas and weight decay."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+
+
+def resume(state: TrainState, checkpoints: Path) -> int:
+    """Load the latest complete checkpoint, if any; returns the step to continue from."""
+    found = complete_checkpoints(checkpoints)
+    if not found:
+        return 0
+    return state.restore(*load_checkpoint(found[-1][1]))
+
+
+def plot_student(generator, mixture: GaussianMixture, z_plot: torch.Tensor, path: Path, accelerator: Accelerator, step: int) -> None:
+    """Scatter sheet of data and student samples from fixed noise; also sent to tensorboard."""
+    with torch.no_grad():
+        x = generator(z_plot).float().cpu().numpy()
+    ref = mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
+    scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
+    tracker = accelerator.get_tracker("tensorboard")
+    tracker.log_images({"student_samples": matplotlib.image.imread(path)[..., :3]}, step=step, dataformats="HWC")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Distill, export the student, and evaluate it beside the teacher's full sampler."""
+    mixture = validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(run_dir, cfg.deterministic)
+    set_seed(cfg.seed, device_specific=True)
+    device, main = accelerator.device, accelerator.is_main_process
+    if main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
+    teacher, real = setup_teacher(cfg, mixture, run_dir, accelerator)
+    pairs = setup_pairs(cfg, teacher, run_dir, accelerator)
+    student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    state = TrainState(
+        student=student,
+        fake_score=fake,
+        student_optimizer=make_optimizer(student.parameters(), cfg.optim.student_lr, cfg.optim),
+        fake_optimizer=make_optimizer(fake.parameters(), cfg.optim.fake_lr, cfg.optim),
+        ema=EMAModel(student.parameters(), decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None,
+    )
+    start_step = resume(state, run_dir / "checkpoints")
+    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(OneStepGenerator(student), fake, state.student_optimizer, state.fake_optimizer)
+    if state.ema is not None:
+        state.ema.to(device)
+    accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
+
+    sample_sigma = functools.partial(sample_dmd_sigma, **cfg.loss.sigma, device=device)
+    z_plot = torch.randn(PLOT_SAMPLES, mixture.dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    draw_z = lambda n: torch.randn(n, mixture.dim, device=device)  # noqa: E731
+    train = cfg.train
+    bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
+    for step in bar:
+        logs = {}
+        # Update the fake score (N times per student update: DMD2's two time-scale rule).
+        if cfg.loss.dmd_weight > 0:
+            for _ in range(train.num_fake_steps_per_student_step):
+                logs |= fake_step(
+                    accelerator=accelerator, generator=generator, fake_score=fake_ddp, optimizer=opt_f,
+                    z=draw_z(train.batch_size), sigma=sample_sigma(train.batch_size), sigma_data=teacher.sigma_data,
+                    fake_weight=cfg.loss.fake_weight, grad_clip=train.grad_clip,
+                )
+        # Update the student.
+        batch_pairs = None
+        if pairs is not None:
+            idx = torch.randint(len(pairs[0]), (train.regression_batch_size,), device=device)
+            batch_pairs = (pairs[0][idx], pairs[1][idx])
+        logs |= student_step(
+            accelerator=accelerator, generator=generator, real=real, fake_score=fake_ddp, optimizer=opt_g,
+            z=draw_z(train.batch_size), sample_sigma=sample_sigma, pairs=batch_pairs,
+            dmd_weight=cfg.loss.dmd_weight, regression_weight=cfg.loss.regression_weight,
+            regression_distance=cfg.loss.regression_distance, pseudo_huber_c=cfg.loss.pseudo_huber_c, grad_clip=train.grad_clip,
+        )
+        if state.ema is not None:
+            state.ema.step(student.parameters())
+        done = step + 1
+        # Log scalars, plot samples.
+        if done % train.log_every == 0 or done == train.max_steps:
+            accelerator.log(logs, step=done)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
+        if main and (done % train.plot_every == 0 or done == train.max_steps):
+            plot_student(generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
+        # Save a checkpoint.
+        if done % train.checkpoint_every == 0 or done == train.max_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(run_dir / "checkpoints", done, *state.tensors_and_json(done), keep_last=train.keep_last)
+
+    # Export the student and evaluate it beside the teacher's full sampler.
+    metrics = {}
+    if main:
+        export_student(student, state.ema, run_dir / "student")
+        student_eval = load_teacher(run_dir / "student").to(device)
+        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student_eval)}
+        metrics = evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+    accelerator.end_training()
+    return metrics

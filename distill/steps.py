@@ -1,0 +1,80 @@
+"""One update of the fake score and one of the student; each returns a dict of scalars."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from accelerate import Accelerator
+
+from distill.losses import dmd_gradient, dmd_loss, fake_score_loss, regression_loss
+
+
+def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> float:
+    """Backward, clip the global grad norm, step; returns the grad norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    max_norm = grad_clip if grad_clip else float("inf")
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return float(grad_norm)
+
+
+@torch.no_grad()
+def dmd_grad_at(x: torch.Tensor, real, fake_score, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    """Noise x to sigma and read both scores there: the DMD gradient for x (DMD Algorithm 1)."""
+    x_t = x + sigma.reshape(-1, *([1] * (x.ndim - 1))) * torch.randn_like(x)
+    x0_real, x0_fake = real(x_t, sigma, cond), fake_score(x_t, sigma, cond)
+    return dmd_gradient(x, x0_real, x0_fake)
+
+
+def fake_step(
+    *,
+    accelerator: Accelerator,
+    generator,
+    fake_score,
+    optimizer,
+    z: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_data: float,
+    fake_weight: float,
+    grad_clip: float | None,
+) -> dict[str, float]:
+    """Train D_fake to denoise fresh student samples."""
+    with torch.no_grad():
+        x = generator(z)
+    loss = fake_score_loss(fake_score, x, sigma, torch.randn_like(x), sigma_data=sigma_data).mean()
+    grad_norm = apply_update(accelerator, fake_weight * loss, fake_score, optimizer, grad_clip)
+    return {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm}
+
+
+def student_step(
+    *,
+    accelerator: Accelerator,
+    generator,
+    real,
+    fake_score,
+    optimizer,
+    z: torch.Tensor,
+    sample_sigma: Callable[[int], torch.Tensor],
+    pairs: tuple[torch.Tensor, torch.Tensor] | None,
+    dmd_weight: float,
+    regression_weight: float,
+    regression_distance: str,
+    pseudo_huber_c: float,
+    grad_clip: float | None,
+) -> dict[str, float]:
+    """DMD loss on G(z) plus regression on teacher ODE pairs (z_ref, y_ref), weighted as configured."""
+    logs, total = {}, torch.zeros((), device=z.device)
+    if dmd_weight > 0:
+        x = generator(z)
+        grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)))
+        loss_dmd = dmd_loss(x, grad).mean()
+        total = total + dmd_weight * loss_dmd
+        logs["loss/dmd"] = loss_dmd.item()
+    if regression_weight > 0:
+        z_ref, y_ref = pairs
+        loss_reg = regression_loss(generator(z_ref), y_ref, regression_distance, pseudo_huber_c).mean()
+        total = total + regression_weight * loss_reg
+        logs["loss/regression"] = loss_reg.item()
+    logs["grad_norm/student"] = apply_update(accelerator, total, generator, optimizer, grad_clip)
+    return logs

@@ -1,0 +1,1 @@
+"""Evaluation: samplers, metrics and the harness that writes metrics.json."""

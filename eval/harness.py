@@ -1,0 +1,103 @@
+"""Evaluate sample functions on the same seeds against the true data; write metrics.json."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.plots import scatter_panels
+from eval.samplers import get_sampler, karras_sigmas, one_step, sampler_nfe
+from eval.toy_metrics import toy_metrics
+from teachers.gmm import GaussianMixture
+
+
+@dataclass(frozen=True)
+class SampleFn:
+    """A way to turn noise (B, *shape) ~ N(0, I) into samples, with its network evaluations."""
+
+    nfe: int
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
+    """The teacher's full sampler(s) on Karras sigmas, labelled teacher_<name>_nfe<N>."""
+    out = {}
+    for spec in samplers:
+        sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
+        sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
+        nfe = sampler_nfe(spec["name"], num_steps)
+        out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, s=sampler, sig=sigmas: s(denoiser, z, sig))
+    return out
+
+
+def student_sample_fn(student) -> SampleFn:
+    """The one-step student: D_student(sigma_max z, sigma_max)."""
+    sigmas = torch.tensor([student.sigma_max, 0.0])
+    return SampleFn(1, lambda z: one_step(student, z, sigmas))
+
+
+def timed_sampling(fn: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
+    """All samples for the noise, in batches, and the wall seconds per sample (after one warm-up batch)."""
+    with torch.no_grad():
+        fn(noise[: min(batch_size, 16)])
+        start = time.perf_counter()
+        samples = torch.cat([fn(chunk) for chunk in noise.split(batch_size)])
+    return samples, (time.perf_counter() - start) / len(noise)
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> Path:
+    """Merge entries into <run_dir>/metrics.json, atomically (write then rename)."""
+    path = run_dir / "metrics.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(metrics)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_toy(
+    sample_fns: dict[str, SampleFn],
+    mixture: GaussianMixture,
+    run_dir: Path,
+    *,
+    num_samples: int,
+    seed: int,
+    feature_extractor: str,
+    mode_recall_share: float,
+    mode_radius_quantile: float,
+    mmd_max_samples: int,
+    batch_size: int = 10_000,
+    **_unused,
+) -> dict[str, dict]:
+    """Every sampler from the same noise; figures against fresh mixture samples; metrics.json, npz and a PNG."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_samples, mixture.dim, generator=gen)
+    reference = mixture.sample(num_samples, generator=gen)
+    # A second fresh draw of the data: the figures a perfect sampler gets with this many samples.
+    all_fns = {"data": SampleFn(0, lambda z: mixture.sample(len(z), generator=gen)), **sample_fns}
+    metrics, panels = {}, {}
+    for label, sample_fn in all_fns.items():
+        samples, seconds_per_sample = timed_sampling(sample_fn.fn, noise, batch_size)
+        samples = samples.float().cpu()
+        figures = toy_metrics(
+            mixture, samples, reference,
+            mode_recall_share=mode_recall_share, mode_radius_quantile=mode_radius_quantile, mmd_max_samples=mmd_max_samples,
+        )
+        metrics[label] = {
+            "nfe": sample_fn.nfe, "num_samples": num_samples, "seconds_per_sample": seconds_per_sample,
+            "feature_extractor": feature_extractor, "seed": seed, **figures,
+        }
+        out = run_dir / "samples" / label
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "samples.npz", samples=samples.numpy(), noise=noise.numpy())
+        panels[f"{label} (NFE {sample_fn.nfe})" if sample_fn.nfe else "data"] = samples.numpy()
+    scatter_panels(panels, run_dir / "grids" / "data_teacher_student.png", reference.numpy())
+    write_metrics(run_dir, metrics)
+    return metrics

@@ -1,0 +1,39 @@
+"""Scatter sheets of toy samples: data, teacher and student side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def projection_2d(reference: np.ndarray) -> np.ndarray:
+    """(D, 2) matrix onto the reference's two leading principal axes (identity for 2-D data)."""
+    if reference.shape[1] <= 2:
+        return np.eye(reference.shape[1], 2)
+    centred = reference - reference.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt[:2].T
+
+
+def scatter_panels(panels: dict[str, np.ndarray], path: Path, reference: np.ndarray, max_points: int = 5000) -> Path:
+    """One scatter panel per sample set (N, D), all on the reference's axes and limits; writes a PNG."""
+    proj = projection_2d(reference)
+    ref2 = reference @ proj
+    lo, hi = ref2.min(0), ref2.max(0)
+    pad = 0.15 * (hi - lo) + 1e-6
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels.items()):
+        pts = points[:max_points] @ proj
+        ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, linewidths=0)
+        ax.set(title=title, xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
+        ax.set_aspect("equal", adjustable="box")
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

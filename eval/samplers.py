@@ -1,0 +1,68 @@
+"""Samplers are pure functions (denoiser, noise, sigmas, cond) -> x0 (EDM, Karras et al. 2022)."""
+from __future__ import annotations
+
+import torch
+
+from teachers.base import expand_sigma
+
+
+def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """num_steps decreasing sigmas from sigma_max to sigma_min, then a final 0 (EDM eq. 5)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps}; it must be >= 1")
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    inv_rho = 1 / rho
+    sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    if num_steps == 1:
+        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+def to_d(denoiser, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    """dx/dsigma of the probability-flow ODE: (x - D(x, sigma)) / sigma (EDM eq. 4 with s=1)."""
+    return (x - denoiser(x, sigma.expand(x.shape[0]), cond)) / expand_sigma(sigma, x)
+
+
+@torch.no_grad()
+def euler(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
+    """First-order Euler on the PF-ODE; noise ~ N(0, I) is scaled by sigmas[0]. NFE = len(sigmas) - 1."""
+    x = noise * sigmas[0]
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (sigma_next - sigma) * to_d(denoiser, x, sigma, cond)
+    return x
+
+
+@torch.no_grad()
+def heun(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
+    """EDM Algorithm 1 (deterministic Heun, Euler on the last step). NFE = 2 (len(sigmas) - 1) - 1."""
+    x = noise * sigmas[0]
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        d = to_d(denoiser, x, sigma, cond)
+        x_next = x + (sigma_next - sigma) * d
+        if sigma_next > 0:
+            d_next = to_d(denoiser, x_next, sigma_next, cond)
+            x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
+        x = x_next
+    return x
+
+
+SAMPLERS = {"euler": euler, "heun": heun}
+
+
+def sampler_nfe(name: str, num_steps: int) -> int:
+    """Network evaluations of a sampler over num_steps sigmas (plus the final 0)."""
+    return 2 * num_steps - 1 if name == "heun" else num_steps
+
+
+def get_sampler(name: str):
+    """Look a sampler up by name, with a clear error."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{name}'; allowed: {', '.join(sorted(SAMPLERS))}")
+    return SAMPLERS[name]
+
+
+def one_step(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
+    """The one-step student G(z) = D(sigma_max z, sigma_max) (DMD); sigmas[0] is sigma_max. NFE = 1.
+
+    Not under no_grad: the training step differentiates through it."""
+    return denoiser(noise * sigmas[0], sigmas[0].expand(noise.shape[0]), cond)

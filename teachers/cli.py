@@ -1,0 +1,50 @@
+"""What every hydra entry point shares: the preset check and one-line errors."""
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from teachers.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def check_presets(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Refuse `group=name` overrides whose config file does not exist, naming what is allowed."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        group_dir = config_dir / key
+        if not sep or arg.startswith("hydra") or not group_dir.is_dir():
+            continue
+        allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        for name in value.split(","):
+            if name not in allowed and name != "null":
+                raise ConfigError(f"unknown {key} preset '{name}'; allowed: {', '.join(allowed)}")
+
+
+def report_config_errors(run: Callable[[DictConfig], object]) -> Callable[[DictConfig], None]:
+    """Wrap run(cfg) so that a ConfigError prints one line to stderr and exits with status 2."""
+
+    @functools.wraps(run)
+    def task(cfg: DictConfig) -> None:
+        try:
+            run(cfg)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return task
+
+
+def guarded_main(hydra_main: Callable[[], None]) -> None:
+    """Check preset names on the command line, then hand over to hydra."""
+    try:
+        check_presets(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()

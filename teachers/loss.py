@@ -1,0 +1,17 @@
+"""The EDM denoising loss: trains a teacher, and (on student samples) the fake score."""
+from __future__ import annotations
+
+import torch
+
+from teachers.base import edm_loss_weight, expand_sigma
+
+
+def edm_denoising_loss(
+    denoiser, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, *, sigma_data: float, cond=None
+) -> torch.Tensor:
+    """Per-sample lambda(sigma) * mean ||D(x0 + sigma n, sigma) - x0||^2 (EDM eq. 2 and 8); shape (B,).
+
+    sigma_data is passed in because the denoiser may be wrapped (DDP) and hide its attributes."""
+    x_t = x0 + expand_sigma(sigma, x0) * noise
+    err2 = (denoiser(x_t, sigma, cond) - x0) ** 2
+    return edm_loss_weight(sigma, sigma_data) * err2.flatten(1).mean(1)

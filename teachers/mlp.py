@@ -1,0 +1,68 @@
+"""A small MLP denoiser with EDM preconditioning: the teacher network for vector (toy) data.
+
+It is a diffusers ModelMixin, so `save_pretrained` / `from_pretrained` give config.json +
+diffusion_pytorch_model.safetensors, and students exported from it load with diffusers.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from teachers.base import edm_precond, expand_sigma, sinusoidal_embedding
+
+
+class MLPDenoiser(ModelMixin, ConfigMixin):
+    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM eq. 7) with F a residual MLP.
+
+    x: float32 (B, dim); sigma: scalar or (B,). Returns the x0 estimate, (B, dim).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden_dim: int = 256,
+        num_layers: int = 4,
+        emb_dim: int = 64,
+        sigma_data: float = 1.0,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+    ):
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.inp = nn.Linear(dim, hidden_dim)
+        self.emb = nn.Sequential(nn.Linear(emb_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)) for _ in range(num_layers)
+        )
+        self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
+
+    @property
+    def sigma_min(self) -> float:
+        return self.config.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.config.sigma_max
+
+    @property
+    def sigma_data(self) -> float:
+        return self.config.sigma_data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.config.dim,)
+
+    def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """F_theta: the unpreconditioned network."""
+        h = self.inp(x_in) + self.emb(sinusoidal_embedding(c_noise, self.emb_dim))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        sigma = expand_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.config.sigma_data)
+        return c_skip * x + c_out * self.raw(c_in * x, c_noise.reshape(-1))

@@ -1,0 +1,108 @@
+"""Train a small teacher with the EDM loss: `python -m teachers.train [hydra overrides]`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from teachers.base import sample_log_normal_sigma
+from teachers.cli import CONFIG_DIR, guarded_main, report_config_errors
+from teachers.errors import ConfigError
+from teachers.gmm import GaussianMixture, mixture_from_lists
+from teachers.loss import edm_denoising_loss
+from teachers.mlp import MLPDenoiser
+
+
+def build_mlp(mixture: GaussianMixture, hidden_dim: int, num_layers: int, emb_dim: int) -> MLPDenoiser:
+    """A fresh MLP denoiser whose sigma_data is the mixture's own std."""
+    return MLPDenoiser(dim=mixture.dim, hidden_dim=hidden_dim, num_layers=num_layers, emb_dim=emb_dim, sigma_data=mixture.std)
+
+
+def fit_denoiser(
+    model: MLPDenoiser,
+    mixture: GaussianMixture,
+    *,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    p_mean: float,
+    p_std: float,
+    ema_decay: float,
+    seed: int,
+    progress: bool = True,
+) -> MLPDenoiser:
+    """EDM training on fresh mixture samples every step; returns the EMA weights, in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
+    ema = EMAModel(model.parameters(), decay=ema_decay)
+    bar = tqdm(range(max_steps), desc="teacher", disable=not progress, mininterval=2)
+    for _ in bar:
+        x0 = mixture.sample(batch_size, generator=gen)
+        sigma = sample_log_normal_sigma(batch_size, p_mean, p_std, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = edm_denoising_loss(model, x0, sigma, noise, sigma_data=model.sigma_data).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.step(model.parameters())
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    ema.copy_to(model.parameters())
+    return model.eval().requires_grad_(False)
+
+
+def train_teacher(mixture: GaussianMixture, teacher_cfg: DictConfig, seed: int, max_steps: int | None = None) -> MLPDenoiser:
+    """Build and fit the MLP teacher that teacher_cfg describes (net and fit keys)."""
+    model = build_mlp(mixture, **teacher_cfg.net)
+    fit = OmegaConf.to_container(teacher_cfg.fit)
+    if max_steps is not None:
+        fit["max_steps"] = max_steps
+    return fit_denoiser(model, mixture, seed=seed, **fit)
+
+
+def check_teacher_folder(path: Path) -> None:
+    """A teacher folder has config.json and diffusion_pytorch_model.safetensors."""
+    missing = [f for f in ("config.json", "diffusion_pytorch_model.safetensors") if not (path / f).is_file()]
+    if missing:
+        raise ConfigError(
+            f"teacher.path={path} is not a teacher folder (missing {', '.join(missing)}); "
+            "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run"
+        )
+
+
+def load_teacher(path: str | Path) -> MLPDenoiser:
+    """Load a teacher folder written by this module (config.json + safetensors), frozen."""
+    check_teacher_folder(Path(path))
+    return MLPDenoiser.from_pretrained(path).eval().requires_grad_(False)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train the teacher for cfg.data and save it to <run dir>/teacher."""
+    mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
+    run_dir = Path(cfg.run_dir)
+    torch.use_deterministic_algorithms(bool(cfg.deterministic))
+    model = train_teacher(mixture, cfg.teacher, seed=cfg.seed, max_steps=cfg.train.max_steps)
+    out = run_dir / "teacher"
+    model.save_pretrained(out)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    print(f"teacher saved to {out}")
+    return out
+
+
+_hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name="teacher_train", version_base="1.3")(
+    report_config_errors(run)
+)
+
+
+def main() -> None:
+    """Console entry point."""
+    guarded_main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
