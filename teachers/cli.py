@@ -40,11 +40,16 @@ def report_config_errors(run: Callable[[DictConfig], object]) -> Callable[[DictC
     return task
 
 
-def guarded_main(hydra_main: Callable[[], None]) -> None:
-    """Check preset names on the command line, then hand over to hydra."""
+def hydra_entry(config_name: str, run_module: str) -> None:
+    """Check preset names on the command line, then import run_module (heavy) and hand over to hydra."""
     try:
         check_presets(sys.argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    import importlib
+
+    import hydra
+
+    run = importlib.import_module(run_module).run
+    hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(report_config_errors(run))()

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from teachers.base import sample_log_normal_sigma
-from teachers.cli import CONFIG_DIR, guarded_main, report_config_errors
+from teachers.cli import hydra_entry
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers.loss import edm_denoising_loss
@@ -94,14 +93,9 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-_hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name="teacher_train", version_base="1.3")(
-    report_config_errors(run)
-)
-
-
 def main() -> None:
-    """Console entry point."""
-    guarded_main(_hydra_main)
+    """Console entry point; the config is configs/teacher_train.yaml."""
+    hydra_entry("teacher_train", "teachers.train")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""Every preset and group option composes into a config that passes validation."""
+import pytest
+
+from conftest import compose_config
+from distill.config import validate
+from teachers.cli import CONFIG_DIR, check_presets
+from teachers.errors import ConfigError
+
+GROUPS = ["teacher", "data", "student", "loss", "optim", "eval", "experiment", "debug"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose_config("train", [f"{group}={option}", "run_dir=unused"])
+    mixture = validate(cfg)
+    assert mixture.dim == len(cfg.data.means[0])
+    for key in ("seed", "deterministic"):
+        assert key in cfg
+    assert cfg.train.max_steps >= 0 and cfg.train.checkpoint_every > 0
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("entry", ["teacher_train", "eval"])
+def test_experiments_compose_for_the_other_entry_points(entry, experiment):
+    cfg = compose_config(entry, [f"experiment={experiment}", "run_dir=unused"])
+    assert cfg.data.means and cfg.teacher.net.hidden_dim > 0
+
+
+def test_teacher_train_steps_come_from_the_teacher_fit():
+    cfg = compose_config("teacher_train", ["experiment=toy_grid25", "run_dir=unused"])
+    assert cfg.train.max_steps == cfg.teacher.fit.max_steps
+
+
+def test_command_line_mixture_in_16d():
+    means = "[" + ",".join("[" + ",".join(["1" if i == j else "0" for i in range(16)]) + "]" for j in range(3)) + "]"
+    cfg = compose_config("train", [f"data.means={means}", "data.stds=[0.1,0.1,0.1]", "data.weights=[0.5,0.25,0.25]", "run_dir=x"])
+    assert validate(cfg).dim == 16
+
+
+def test_unknown_preset_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match="unknown experiment preset 'nope'; allowed: .*toy_gmm"):
+        check_presets(["experiment=nope"])
+    with pytest.raises(ConfigError, match="unknown data preset 'ring9'"):
+        check_presets(["data=ring8,ring9"])
+    check_presets(["experiment=toy_gmm", "train.max_steps=3", "hydra.run.dir=x", "debug=null"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.dmd_weight=-1", "loss.dmd_weight=-1"),
+        ("loss.regression_distance=lpips2", "allowed: l2, pseudo_huber"),
+        ("student.num_steps=4", "student.num_steps=4"),
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("teacher.real=exactish", "allowed: network, analytic"),
+        ("eval.teacher_samplers=[{name:dpm,num_steps:4}]", "name=dpm"),
+        ("train.ema_decay=1.5", "train.ema_decay=1.5"),
+        ("loss.sigma.min=100", "need 0 < min < max"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    cfg = compose_config("train", [override, "run_dir=unused"])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)

@@ -1,0 +1,74 @@
+"""Two-step CPU runs write every output the run-directory contract names, and resume."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_config
+from distill.loop import run
+from teachers.mlp import MLPDenoiser
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY_KEYS = {"nfe", "num_samples", "seconds_per_sample", "fd", "mode_recall", "mmd", "feature_extractor", "seed"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    metrics = run(compose_config("train", ["debug=cpu_tiny", f"run_dir={run_dir}"]))
+    return run_dir, metrics
+
+
+def test_smoke_run_writes_every_contract_output(smoke_run):
+    run_dir, metrics = smoke_run
+    assert (run_dir / "config.yaml").is_file()
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk.keys() == metrics.keys() == {"data", "teacher_heun_nfe7", "student_nfe1"}
+    for label, entry in on_disk.items():
+        assert ENTRY_KEYS <= entry.keys(), label
+        samples = np.load(run_dir / "samples" / label / "samples.npz")["samples"]
+        assert samples.shape == (256, 2) and np.isfinite(samples).all()
+    assert on_disk["student_nfe1"]["nfe"] == 1 and on_disk["teacher_heun_nfe7"]["nfe"] == 7
+    assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
+    assert {p.name for p in (run_dir / "grids").glob("*.png")} >= {"step-000002.png", "data_teacher_student.png"}
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run_dir / "pairs" / "dataset_info.json").is_file()
+
+
+def test_exported_student_loads_with_diffusers_and_is_the_trained_ema(smoke_run):
+    run_dir, _ = smoke_run
+    student = MLPDenoiser.from_pretrained(run_dir / "student")
+    teacher = MLPDenoiser.from_pretrained(run_dir / "teacher")
+    same = {k for k in teacher.config if not k.startswith("_")}
+    assert {k: student.config[k] for k in same} == {k: teacher.config[k] for k in same}
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
+
+
+def test_rerun_on_the_same_dir_resumes(smoke_run):
+    run_dir, _ = smoke_run
+    teacher_mtime = (run_dir / "teacher" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+    run(compose_config("train", ["debug=cpu_tiny", f"run_dir={run_dir}", "train.max_steps=3"]))
+    state = json.loads((run_dir / "checkpoints" / "step-3" / "state.json").read_text())
+    assert state["step"] == 3
+    assert not (run_dir / "checkpoints" / "step-1").exists()  # keep_last=2 after step 3
+    assert (run_dir / "teacher" / "diffusion_pytorch_model.safetensors").stat().st_mtime == teacher_mtime
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_teacher_train_then_eval_cli(tmp_path):
+    teacher_dir = tmp_path / "t"
+    done = _cli("-m", "teachers.train", "debug=cpu_tiny", f"hydra.run.dir={teacher_dir}", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert (teacher_dir / "teacher" / "config.json").is_file()
+    eval_dir = tmp_path / "e"
+    done = _cli("-m", "eval", f"teacher.path={teacher_dir / 'teacher'}", "eval.num_samples=128",
+                "eval.teacher_samplers=[{name:euler,num_steps:3}]", f"hydra.run.dir={eval_dir}", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads((eval_dir / "metrics.json").read_text())) == {"data", "teacher_euler_nfe3"}

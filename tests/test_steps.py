@@ -1,0 +1,57 @@
+"""One fake-score step and one student step on tiny networks: who changes and who must not."""
+import functools
+
+import torch
+from accelerate import Accelerator
+
+from distill.generator import OneStepGenerator, trainable_copy
+from distill.noise import sample_dmd_sigma
+from distill.steps import fake_step, student_step
+from teachers.mlp import MLPDenoiser
+
+SIGMA = {"min": 0.002, "max": 80.0, "rho": 7.0, "t_min": 0.02, "t_max": 0.98}
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_steps_update_student_and_fake_and_never_the_teacher():
+    teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
+    student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    generator = OneStepGenerator(student)
+    opt_g, opt_f = torch.optim.AdamW(student.parameters(), lr=1e-2), torch.optim.AdamW(fake.parameters(), lr=1e-2)
+    accelerator = Accelerator(cpu=True)
+    teacher_before, student_before, fake_before = _params(teacher), _params(student), _params(fake)
+
+    logs = fake_step(
+        accelerator=accelerator, generator=generator, fake_score=fake, optimizer=opt_f, z=torch.randn(8, 2),
+        sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
+    )
+    assert _changed(fake_before, fake) and not _changed(student_before, student)
+    logs |= student_step(
+        accelerator=accelerator, generator=generator, real=teacher, fake_score=fake, optimizer=opt_g, z=torch.randn(8, 2),
+        sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=(torch.randn(8, 2), torch.randn(8, 2)),
+        dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0,
+    )
+    assert _changed(student_before, student)
+    assert not _changed(teacher_before, teacher) and all(p.grad is None for p in teacher.parameters())
+    assert set(logs) == {"loss/fake_score", "grad_norm/fake_score", "loss/dmd", "loss/regression", "grad_norm/student"}
+
+
+def test_student_copy_reproduces_teacher_before_training():
+    teacher = MLPDenoiser(dim=3, hidden_dim=16, num_layers=2, emb_dim=8, sigma_data=0.7).eval()
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        expected = teacher(teacher.sigma_max * z, teacher.sigma_max)
+        torch.testing.assert_close(OneStepGenerator(trainable_copy(teacher))(z), expected, rtol=0, atol=0)
+
+
+def test_dmd_sigma_stays_in_the_configured_ramp():
+    sigma = sample_dmd_sigma(10_000, **SIGMA)
+    assert sigma.min() > 0.002 and sigma.max() < 80.0
+    assert 1.0 < float(sigma.median()) < 5.0  # the middle of the Karras ramp is ~2.5
