@@ -20,7 +20,7 @@ class OneStepGenerator(nn.Module):
     def __init__(self, denoiser: nn.Module):
         super().__init__()
         self.denoiser = denoiser
-        self.register_buffer("sigmas", torch.tensor([denoiser.sigma_max, 0.0]), persistent=False)
+        self.sigma_max = float(denoiser.sigma_max)  # a plain float, not a buffer: DDP broadcasts buffers
 
     def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
-        return one_step(self.denoiser, z, self.sigmas, cond)
+        return one_step(self.denoiser, z, z.new_tensor([self.sigma_max, 0.0]), cond)

@@ -33,7 +33,8 @@ def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
-    return Accelerator(log_with="tensorboard", project_config=project)
+    # cpu=True where there is no GPU: accelerate only forms a multi-process CPU group when told so.
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_config=project)
 
 
 def setup_teacher(cfg: DictConfig, mixture: GaussianMixture, run_dir: Path, accelerator: Accelerator):
@@ -105,7 +106,8 @@ def run(cfg: DictConfig) -> dict:
         ema=EMAModel(student.parameters(), decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None,
     )
     start_step = resume(state, run_dir / "checkpoints")
-    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(OneStepGenerator(student), fake, state.student_optimizer, state.fake_optimizer)
+    plain_generator = OneStepGenerator(student)  # for main-process-only plots: no DDP collectives
+    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, fake, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)
     accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
@@ -144,7 +146,7 @@ def run(cfg: DictConfig) -> dict:
             accelerator.log(logs, step=done)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
         if main and (done % train.plot_every == 0 or done == train.max_steps):
-            plot_student(generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
+            plot_student(plain_generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
         # Save a checkpoint.
         if done % train.checkpoint_every == 0 or done == train.max_steps:
             accelerator.wait_for_everyone()

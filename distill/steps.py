@@ -64,16 +64,19 @@ def student_step(
     grad_clip: float | None,
 ) -> dict[str, float]:
     """DMD loss on G(z) plus regression on teacher ODE pairs (z_ref, y_ref), weighted as configured."""
+    # One generator call for both batches: DDP allows one forward per backward.
+    z_ref, y_ref = pairs if regression_weight > 0 else (z[:0], None)
+    z = z if dmd_weight > 0 else z[:0]
+    x_all = generator(torch.cat([z, z_ref]))
+    x, x_ref = x_all[: len(z)], x_all[len(z) :]
     logs, total = {}, torch.zeros((), device=z.device)
     if dmd_weight > 0:
-        x = generator(z)
         grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)))
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.item()
     if regression_weight > 0:
-        z_ref, y_ref = pairs
-        loss_reg = regression_loss(generator(z_ref), y_ref, regression_distance, pseudo_huber_c).mean()
+        loss_reg = regression_loss(x_ref, y_ref, regression_distance, pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
         logs["loss/regression"] = loss_reg.item()
     logs["grad_norm/student"] = apply_update(accelerator, total, generator, optimizer, grad_clip)

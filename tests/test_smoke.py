@@ -72,3 +72,16 @@ def test_teacher_train_then_eval_cli(tmp_path):
                 "eval.teacher_samplers=[{name:euler,num_steps:3}]", f"hydra.run.dir={eval_dir}", cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert set(json.loads((eval_dir / "metrics.json").read_text())) == {"data", "teacher_euler_nfe3"}
+
+
+def test_two_process_run_with_torchrun(tmp_path):
+    # DDP over gloo on the CPU: one teacher, one writer, both processes in step.
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "distill", "debug=cpu_tiny", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "step-2" / "COMPLETE").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["student_nfe1"]["nfe"] == 1
+    assert done.stderr.count("teacher: 100%") == 1  # trained once, by the main process
