@@ -65,6 +65,39 @@ def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
 
 
+def build_state(teacher, optim: DictConfig, ema_decay: float | None) -> TrainState:
+    """Student and fake score as trainable copies of the teacher, their optimizers, the student EMA."""
+    student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    return TrainState(
+        student=student,
+        fake_score=fake,
+        student_optimizer=make_optimizer(student.parameters(), optim.student_lr, optim),
+        fake_optimizer=make_optimizer(fake.parameters(), optim.fake_lr, optim),
+        ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
+    )
+
+
+def regression_batch(pairs, batch_size: int, device):
+    """A random batch of stored teacher ODE pairs (z_ref, y_ref), or None without pairs."""
+    if pairs is None:
+        return None
+    idx = torch.randint(len(pairs[0]), (batch_size,), device=device)
+    return pairs[0][idx], pairs[1][idx]
+
+
+def is_due(done: int, every: int, last: int) -> bool:
+    """Every `every` steps and at the last one."""
+    return done % every == 0 or done == last
+
+
+def export_and_evaluate(cfg: DictConfig, state: TrainState, real, mixture: GaussianMixture, run_dir: Path, device) -> dict:
+    """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
+    export_student(state.student, state.ema, run_dir / "student")
+    student = load_teacher(run_dir / "student").to(device)
+    sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
+    return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+
+
 def resume(state: TrainState, checkpoints: Path) -> int:
     """Load the latest complete checkpoint, if any; returns the step to continue from."""
     found = complete_checkpoints(checkpoints)
@@ -97,17 +130,10 @@ def run(cfg: DictConfig) -> dict:
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
     teacher, real = setup_teacher(cfg, mixture, run_dir, accelerator)
     pairs = setup_pairs(cfg, teacher, run_dir, accelerator)
-    student, fake = trainable_copy(teacher), trainable_copy(teacher)
-    state = TrainState(
-        student=student,
-        fake_score=fake,
-        student_optimizer=make_optimizer(student.parameters(), cfg.optim.student_lr, cfg.optim),
-        fake_optimizer=make_optimizer(fake.parameters(), cfg.optim.fake_lr, cfg.optim),
-        ema=EMAModel(student.parameters(), decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None,
-    )
+    state = build_state(teacher, cfg.optim, cfg.train.ema_decay)
     start_step = resume(state, run_dir / "checkpoints")
-    plain_generator = OneStepGenerator(student)  # for main-process-only plots: no DDP collectives
-    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, fake, state.student_optimizer, state.fake_optimizer)
+    plain_generator = OneStepGenerator(state.student)  # for main-process-only plots: no DDP collectives
+    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, state.fake_score, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)
     accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
@@ -128,10 +154,7 @@ def run(cfg: DictConfig) -> dict:
                     fake_weight=cfg.loss.fake_weight, grad_clip=train.grad_clip,
                 )
         # Update the student.
-        batch_pairs = None
-        if pairs is not None:
-            idx = torch.randint(len(pairs[0]), (train.regression_batch_size,), device=device)
-            batch_pairs = (pairs[0][idx], pairs[1][idx])
+        batch_pairs = regression_batch(pairs, train.regression_batch_size, device)
         logs |= student_step(
             accelerator=accelerator, generator=generator, real=real, fake_score=fake_ddp, optimizer=opt_g,
             z=draw_z(train.batch_size), sample_sigma=sample_sigma, pairs=batch_pairs,
@@ -139,26 +162,21 @@ def run(cfg: DictConfig) -> dict:
             regression_distance=cfg.loss.regression_distance, pseudo_huber_c=cfg.loss.pseudo_huber_c, grad_clip=train.grad_clip,
         )
         if state.ema is not None:
-            state.ema.step(student.parameters())
+            state.ema.step(state.student.parameters())
         done = step + 1
         # Log scalars, plot samples.
-        if done % train.log_every == 0 or done == train.max_steps:
+        if is_due(done, train.log_every, train.max_steps):
             accelerator.log(logs, step=done)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
-        if main and (done % train.plot_every == 0 or done == train.max_steps):
+        if main and is_due(done, train.plot_every, train.max_steps):
             plot_student(plain_generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
         # Save a checkpoint.
-        if done % train.checkpoint_every == 0 or done == train.max_steps:
+        if is_due(done, train.checkpoint_every, train.max_steps):
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(run_dir / "checkpoints", done, *state.tensors_and_json(done), keep_last=train.keep_last)
 
     # Export the student and evaluate it beside the teacher's full sampler.
-    metrics = {}
-    if main:
-        export_student(student, state.ema, run_dir / "student")
-        student_eval = load_teacher(run_dir / "student").to(device)
-        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student_eval)}
-        metrics = evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+    metrics = export_and_evaluate(cfg, state, real, mixture, run_dir, device) if main else {}
     accelerator.end_training()
     return metrics
