@@ -85,3 +85,11 @@ def test_two_process_run_with_torchrun(tmp_path):
     assert (tmp_path / "checkpoints" / "step-2" / "COMPLETE").is_file()
     assert json.loads((tmp_path / "metrics.json").read_text())["student_nfe1"]["nfe"] == 1
     assert done.stderr.count("teacher: 100%") == 1  # trained once, by the main process
+
+
+def test_multirun_sweep_over_teachers_writes_one_run_each(tmp_path):
+    done = _cli("-m", "distill", "-m", "debug=cpu_tiny", "teacher=mlp,gmm_exact", f"hydra.sweep.dir={tmp_path}", cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job, real in (("0", "network"), ("1", "analytic")):
+        assert f"real: {real}" in (tmp_path / job / "config.yaml").read_text()
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["student_nfe1"]["nfe"] == 1
