@@ -1,11 +1,17 @@
-"""Complete, atomically written training state: checkpoints/step-N/ (safetensors + json)."""
+"""Complete, atomically written training state: checkpoints/step-N/ (safetensors + json).
+
+A checkpoint is staged in checkpoints/.step-N.partial (every process may write its own files
+there), fsynced, sealed by a COMPLETE manifest holding every file's sha256, then renamed into
+place. Only sealed folders whose files match their hashes are ever loaded.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,15 +21,19 @@ COMPLETE_MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+class CorruptCheckpoint(RuntimeError):
+    """A sealed checkpoint whose files are missing, truncated or altered."""
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint under root, oldest first; partial ones are ignored."""
+    """(step, path) of every sealed checkpoint under root, oldest first; partial ones are ignored."""
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
     return sorted((step, p) for step, p in found if (p / COMPLETE_MARKER).is_file())
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -31,42 +41,83 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, write) -> None:
-    write(path)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict, keep_last: int) -> Path:
-    """Write <root>/step-N: one safetensors file per entry of tensors, torch objects via torch.save, state.json.
+def staging_dir(root: Path, step: int) -> Path:
+    """The folder a checkpoint is written into before it is sealed."""
+    return root / f".step-{step}.partial"
 
-    Written into a temporary folder, fsynced, marked complete, then renamed into place; only after that
-    are older checkpoints beyond keep_last removed.
-    """
-    root.mkdir(parents=True, exist_ok=True)
+
+def write_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """<folder>/<name>.safetensors, fsynced."""
+    path = folder / f"{name}.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    _fsync(path)
+
+
+def write_json(folder: Path, name: str, value: dict) -> None:
+    """<folder>/<name>.json, fsynced."""
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(value, indent=2))
+    _fsync(path)
+
+
+def seal(staging: Path, root: Path, step: int, keep_last: int) -> Path:
+    """Write the manifest, rename the staged folder to step-N, then drop checkpoints beyond keep_last."""
+    hashes = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+    write_json(staging, COMPLETE_MARKER, {"step": step, "sha256": hashes})
+    (staging / f"{COMPLETE_MARKER}.json").rename(staging / COMPLETE_MARKER)
+    _fsync(staging)
     final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
-    for name, tensor_dict in tensors.items():
-        flat = {k: v.detach().cpu().contiguous() for k, v in tensor_dict.items()}
-        _write_synced(tmp / f"{name}.safetensors", lambda p, flat=flat: save_file(flat, str(p)))
-    _write_synced(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=2)))
-    _write_synced(tmp / COMPLETE_MARKER, lambda p: p.write_text(f"step {step}\n"))
-    _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(root)
-    for _, old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+    staging.rename(final)
+    _fsync(root)
+    for _, old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old)
     return final
 
 
+def verify(path: Path) -> dict:
+    """The manifest of a sealed checkpoint, after checking every file against its sha256."""
+    if not path.is_dir():
+        raise CorruptCheckpoint(f"{path} does not exist")
+    try:
+        manifest = json.loads((path / COMPLETE_MARKER).read_text())
+        hashes = manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpoint(f"{path}: unreadable {COMPLETE_MARKER} manifest ({err})") from None
+    for name, expected in hashes.items():
+        file = path / name
+        if not file.is_file() or _sha256(file) != expected:
+            raise CorruptCheckpoint(f"{path}: {name} is missing or does not match its sha256 (truncated or altered)")
+    return manifest
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Tensors (by file stem) and state.json of a complete checkpoint."""
+    """Tensors (by file stem) and state.json of a verified checkpoint."""
     if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+        raise CorruptCheckpoint(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} manifest)")
+    verify(path)
     tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
     return tensors, json.loads((path / "state.json").read_text())
+
+
+def latest_loadable(root: Path) -> Path | None:
+    """The newest checkpoint that verifies; corrupt ones are skipped with a warning."""
+    for step, path in reversed(complete_checkpoints(root)):
+        try:
+            verify(path)
+            return path
+        except CorruptCheckpoint as err:
+            warnings.warn(f"skipping checkpoint step-{step}: {err}", stacklevel=2)
+    return None
 
 
 def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -5,11 +5,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from distill.checkpoint import CorruptCheckpoint, verify
 from eval.samplers import SAMPLERS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
-from teachers.mlp import MLPDenoiser
-from teachers.train import check_teacher_folder
+from teachers.io import check_teacher_folder, read_model_config
+from teachers.train import check_teacher_config
 
 REAL_SCORES = ("network", "analytic")
 REGRESSION_DISTANCES = ("l2", "pseudo_huber")
@@ -30,9 +31,10 @@ def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
     """teacher.real is known; a given teacher.path is a teacher folder of the data's dimension."""
     _require(teacher.real in REAL_SCORES, f"teacher.real={teacher.real}; allowed: {', '.join(REAL_SCORES)}")
     if teacher.path is None:
+        check_teacher_config(teacher)  # it will be trained in the run
         return
     check_teacher_folder(Path(teacher.path))
-    dim = MLPDenoiser.load_config(teacher.path)["dim"]
+    dim = read_model_config(Path(teacher.path)).get("dim")
     _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
 
 
@@ -56,10 +58,21 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
     """Step counts, batch sizes, clipping and EMA."""
     _require(student.num_steps == 1, f"student.num_steps={student.num_steps}; only 1 (one-step students) is supported")
     _require(isinstance(train.max_steps, int) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
+    for key in ("max_steps", "batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every"):
+        _require(isinstance(train[key], int) and not isinstance(train[key], bool), f"train.{key}={train[key]}; it must be an integer")
     _check_positive(train, "train", ("batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every"))
     _require(train.grad_clip is None or train.grad_clip > 0, f"train.grad_clip={train.grad_clip}; use null or a number > 0")
     _require(train.ema_decay is None or 0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}; use null or a number in [0, 1)")
-    _require(train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
+    _require(isinstance(train.keep_last, int) and train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
+    _require(
+        isinstance(train.max_consecutive_skips, int) and train.max_consecutive_skips >= 1,
+        f"train.max_consecutive_skips={train.max_consecutive_skips}; it must be an integer >= 1",
+    )
+    if train.resume_from is not None:
+        try:
+            verify(Path(train.resume_from))
+        except CorruptCheckpoint as err:
+            raise ConfigError(f"train.resume_from={train.resume_from} cannot be resumed: {err}") from None
 
 
 def check_eval(eval_cfg: DictConfig) -> None:
@@ -73,6 +86,8 @@ def check_eval(eval_cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> GaussianMixture:
     """Every check of a distillation config; returns the data mixture."""
+    _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"seed={cfg.seed}; it must be an integer")
+    _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
     check_teacher(cfg.teacher, mixture)
     check_loss(cfg.loss)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 from diffusers.training_utils import EMAModel
+
+from teachers.io import save_pretrained_atomic
 
 
 def student_weights(student, ema: EMAModel | None):
@@ -17,10 +18,5 @@ def student_weights(student, ema: EMAModel | None):
 
 
 def export_student(student, ema: EMAModel | None, path: Path) -> Path:
-    """save_pretrained into a temporary folder, then rename into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    student_weights(student, ema).save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    return path
+    """The student's (EMA) weights, saved atomically with save_pretrained."""
+    return save_pretrained_atomic(student_weights(student, ema), path)

@@ -12,18 +12,22 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from distill.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
 from distill.export import export_student
 from distill.generator import OneStepGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.pairs import generate_pairs, load_pairs, save_dataset_atomic
-from distill.state import TrainState
+from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, any_process
+from distill.logger import ScalarLog
+from distill.state import Counters, TrainState, save_training_state
 from distill.steps import fake_step, student_step
 from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
 from eval.plots import scatter_panels
+from teachers.errors import ConfigError, TrainingStopped
 from teachers.gmm import GaussianMixture, GMMDenoiser
-from teachers.train import load_teacher, train_teacher
+from teachers.io import load_denoiser, save_pretrained_atomic
+from teachers.train import train_teacher
 
 PLOT_SAMPLES = 2000
 
@@ -41,9 +45,9 @@ def setup_teacher(cfg: DictConfig, mixture: GaussianMixture, run_dir: Path, acce
     """The teacher network (trained into the run dir if no path is given) and D_real."""
     path = Path(cfg.teacher.path) if cfg.teacher.path else run_dir / "teacher"
     if cfg.teacher.path is None and not path.exists() and accelerator.is_main_process:
-        train_teacher(mixture, cfg.teacher, seed=cfg.seed).save_pretrained(path)
+        save_pretrained_atomic(train_teacher(mixture, cfg.teacher, seed=cfg.seed), path)
     accelerator.wait_for_everyone()
-    teacher = load_teacher(path).to(accelerator.device)
+    teacher = load_denoiser(path).to(accelerator.device)
     real = GMMDenoiser(mixture) if cfg.teacher.real == "analytic" else teacher
     return teacher, real
 
@@ -93,17 +97,20 @@ def is_due(done: int, every: int, last: int) -> bool:
 def export_and_evaluate(cfg: DictConfig, state: TrainState, real, mixture: GaussianMixture, run_dir: Path, device) -> dict:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
     export_student(state.student, state.ema, run_dir / "student")
-    student = load_teacher(run_dir / "student").to(device)
+    student = load_denoiser(run_dir / "student").to(device)
     sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
     return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
 
 
-def resume(state: TrainState, checkpoints: Path) -> int:
-    """Load the latest complete checkpoint, if any; returns the step to continue from."""
-    found = complete_checkpoints(checkpoints)
-    if not found:
-        return 0
-    return state.restore(*load_checkpoint(found[-1][1]))
+def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: int, scaler=None) -> Counters:
+    """Load train.resume_from, else the newest checkpoint that verifies; fresh counters when there is none."""
+    path = Path(resume_from) if resume_from else latest_loadable(checkpoints)
+    if path is None:
+        return Counters()
+    try:
+        return state.restore(*load_checkpoint(path), rank=rank, scaler=scaler)
+    except CorruptCheckpoint as err:
+        raise ConfigError(f"train.resume_from={path} cannot be resumed: {err}") from None
 
 
 def plot_student(generator, mixture: GaussianMixture, z_plot: torch.Tensor, path: Path, accelerator: Accelerator, step: int) -> None:
@@ -131,50 +138,60 @@ def run(cfg: DictConfig) -> dict:
     teacher, real = setup_teacher(cfg, mixture, run_dir, accelerator)
     pairs = setup_pairs(cfg, teacher, run_dir, accelerator)
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay)
-    start_step = resume(state, run_dir / "checkpoints")
+    set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
+    counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
     plain_generator = OneStepGenerator(state.student)  # for main-process-only plots: no DDP collectives
     generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, state.fake_score, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)
     accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
+    scalar_log = ScalarLog(accelerator, run_dir)
+    guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
 
     sample_sigma = functools.partial(sample_dmd_sigma, **cfg.loss.sigma, device=device)
     z_plot = torch.randn(PLOT_SAMPLES, mixture.dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     draw_z = lambda n: torch.randn(n, mixture.dim, device=device)  # noqa: E731
-    train = cfg.train
-    bar = tqdm(range(start_step, train.max_steps), initial=start_step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
-    for step in bar:
-        logs = {}
-        # Update the fake score (N times per student update: DMD2's two time-scale rule).
-        if cfg.loss.dmd_weight > 0:
-            for _ in range(train.num_fake_steps_per_student_step):
-                logs |= fake_step(
-                    accelerator=accelerator, generator=generator, fake_score=fake_ddp, optimizer=opt_f,
-                    z=draw_z(train.batch_size), sigma=sample_sigma(train.batch_size), sigma_data=teacher.sigma_data,
-                    fake_weight=cfg.loss.fake_weight, grad_clip=train.grad_clip,
-                )
-        # Update the student.
-        batch_pairs = regression_batch(pairs, train.regression_batch_size, device)
-        logs |= student_step(
-            accelerator=accelerator, generator=generator, real=real, fake_score=fake_ddp, optimizer=opt_g,
-            z=draw_z(train.batch_size), sample_sigma=sample_sigma, pairs=batch_pairs,
-            dmd_weight=cfg.loss.dmd_weight, regression_weight=cfg.loss.regression_weight,
-            regression_distance=cfg.loss.regression_distance, pseudo_huber_c=cfg.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-        )
-        if state.ema is not None:
-            state.ema.step(state.student.parameters())
-        done = step + 1
-        # Log scalars, plot samples.
-        if is_due(done, train.log_every, train.max_steps):
-            accelerator.log(logs, step=done)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
-        if main and is_due(done, train.plot_every, train.max_steps):
-            plot_student(plain_generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
-        # Save a checkpoint.
-        if is_due(done, train.checkpoint_every, train.max_steps):
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(run_dir / "checkpoints", done, *state.tensors_and_json(done), keep_last=train.keep_last)
+    train, checkpoints = cfg.train, run_dir / "checkpoints"
+    bar = tqdm(range(counters.step, train.max_steps), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
+    with StopRequest() as stop:
+        for step in bar:
+            logs = {}
+            # Update the fake score (N times per student update: DMD2's two time-scale rule).
+            if cfg.loss.dmd_weight > 0:
+                for _ in range(train.num_fake_steps_per_student_step):
+                    logs |= fake_step(
+                        accelerator=accelerator, generator=generator, fake_score=fake_ddp, optimizer=opt_f,
+                        z=draw_z(train.batch_size), sigma=sample_sigma(train.batch_size), sigma_data=teacher.sigma_data,
+                        fake_weight=cfg.loss.fake_weight, grad_clip=train.grad_clip,
+                    )
+                    guard.record("fake_score", logs["skipped/fake_score"] > 0, step + 1)
+                    counters.fake_updates += 1
+            # Update the student.
+            batch_pairs = regression_batch(pairs, train.regression_batch_size, device)
+            logs |= student_step(
+                accelerator=accelerator, generator=generator, real=real, fake_score=fake_ddp, optimizer=opt_g,
+                z=draw_z(train.batch_size), sample_sigma=sample_sigma, pairs=batch_pairs,
+                dmd_weight=cfg.loss.dmd_weight, regression_weight=cfg.loss.regression_weight,
+                regression_distance=cfg.loss.regression_distance, pseudo_huber_c=cfg.loss.pseudo_huber_c, grad_clip=train.grad_clip,
+            )
+            guard.record("student", logs["skipped/student"] > 0, step + 1)
+            if state.ema is not None:
+                state.ema.step(state.student.parameters())
+            counters.step, counters.student_updates, counters.skipped = step + 1, counters.student_updates + 1, guard.skipped
+            done = counters.step
+            # Log scalars, plot samples.
+            if is_due(done, train.log_every, train.max_steps):
+                scalar_log.log(logs | {f"skipped_total/{k}": float(v) for k, v in guard.skipped.items()}, step=done)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
+            if main and is_due(done, train.plot_every, train.max_steps):
+                plot_student(plain_generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
+            # Save a checkpoint; on SIGTERM (preemption) save one and stop.
+            preempted = any_process(accelerator, stop.received)
+            if preempted or is_due(done, train.checkpoint_every, train.max_steps):
+                saved = save_training_state(accelerator, state, counters, checkpoints, train.keep_last)
+            if preempted:
+                accelerator.end_training()
+                raise TrainingStopped(f"SIGTERM at step {done}: saved {saved}; re-run the same command to resume", EXIT_SIGTERM)
 
     # Export the student and evaluate it beside the teacher's full sampler.
     metrics = export_and_evaluate(cfg, state, real, mixture, run_dir, device) if main else {}

@@ -1,17 +1,36 @@
-"""What a distillation checkpoint holds, and how it is put back."""
+"""What a distillation checkpoint holds, how every process writes its part, and how it is put back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
-from distill.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
+from distill.checkpoint import flatten_optimizer_state, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
+from distill.guard import EXIT_NON_FINITE
+from distill.rng import rng_state, set_rng_state
+from teachers.errors import TrainingStopped
+
+
+@dataclass
+class Counters:
+    """Progress of a run. Each step is N fake-score updates then one student update, and checkpoints
+    fall between steps, so the two time-scale rule is always at phase 0 there."""
+
+    step: int = 0
+    student_updates: int = 0
+    fake_updates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class TrainState:
-    """The networks, optimizers and EMA of a run; the checkpoint holds all of them plus the RNG."""
+    """The networks, optimizers and EMA of a run; the checkpoint holds all of them, the counters,
+    every process's RNG and (with fp16) the grad scaler."""
 
     student: torch.nn.Module
     fake_score: torch.nn.Module
@@ -19,8 +38,8 @@ class TrainState:
     fake_optimizer: torch.optim.Optimizer
     ema: EMAModel | None
 
-    def tensors_and_json(self, step: int) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-        """Everything to save: tensors for safetensors files, the rest as json."""
+    def tensors_and_json(self, counters: Counters, scaler=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """Everything the main process saves: tensors for safetensors files, the rest as json."""
         opt_g, rest_g = flatten_optimizer_state(self.student_optimizer.state_dict())
         opt_f, rest_f = flatten_optimizer_state(self.fake_optimizer.state_dict())
         tensors = {
@@ -28,17 +47,24 @@ class TrainState:
             "fake_score": self.fake_score.state_dict(),
             "student_optimizer": opt_g,
             "fake_optimizer": opt_f,
-            "rng": {"torch": torch.get_rng_state()},
         }
-        state = {"step": step, "student_optimizer": rest_g, "fake_optimizer": rest_f}
+        state = {"counters": vars(counters), "student_optimizer": rest_g, "fake_optimizer": rest_f}
+        state["data_position"] = "regression batches are drawn with the torch RNG, saved per process in rng-<rank>"
         if self.ema is not None:
             ema_state = self.ema.state_dict()
             tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
             state["ema"] = ema_state
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
         return tensors, state
 
-    def restore(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> int:
-        """Put a loaded checkpoint back; returns its step."""
+    def weights_finite(self) -> bool:
+        """True when no weight of the student, fake score or EMA is NaN or infinite."""
+        tensors = [*self.student.parameters(), *self.fake_score.parameters(), *(self.ema.shadow_params if self.ema else [])]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+    def restore(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict, rank: int, scaler=None) -> Counters:
+        """Put a loaded checkpoint back (this process's RNG included); returns its counters."""
         self.student.load_state_dict(tensors["student"])
         self.fake_score.load_state_dict(tensors["fake_score"])
         self.student_optimizer.load_state_dict(unflatten_optimizer_state(tensors["student_optimizer"], state["student_optimizer"]))
@@ -46,5 +72,32 @@ class TrainState:
         if self.ema is not None:
             shadow = [tensors["ema"][str(i)] for i in range(len(tensors["ema"]))]
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
-        torch.set_rng_state(tensors["rng"]["torch"])
-        return int(state["step"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+        if f"rng-{rank}" in tensors:
+            set_rng_state(tensors[f"rng-{rank}"])
+        else:
+            warnings.warn(f"the checkpoint has no RNG state for process {rank} (another process count?); keeping the seeded RNG", stacklevel=2)
+        return Counters(**state["counters"])
+
+
+def save_training_state(accelerator: Accelerator, state: TrainState, counters: Counters, root: Path, keep_last: int) -> Path:
+    """Every process writes its RNG into the staging folder; the main process writes the rest and seals it."""
+    if not state.weights_finite():
+        raise TrainingStopped(f"non-finite weights at step {counters.step}; they were not saved", EXIT_NON_FINITE)
+    staging, main = staging_dir(root, counters.step), accelerator.is_main_process
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    write_tensors(staging, f"rng-{accelerator.process_index}", rng_state())
+    accelerator.wait_for_everyone()
+    final = root / f"step-{counters.step}"
+    if main:
+        tensors, meta = state.tensors_and_json(counters, accelerator.scaler)
+        for name, values in tensors.items():
+            write_tensors(staging, name, values)
+        write_json(staging, "state", meta)
+        seal(staging, root, counters.step, keep_last)
+    accelerator.wait_for_everyone()
+    return final

@@ -6,17 +6,24 @@ from collections.abc import Callable
 import torch
 from accelerate import Accelerator
 
+from distill.guard import any_process
 from distill.losses import dmd_gradient, dmd_loss, fake_score_loss, regression_loss
 
 
-def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> float:
-    """Backward, clip the global grad norm, step; returns the grad norm before clipping."""
+def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> tuple[float, bool]:
+    """Backward, clip the global grad norm, step; returns (grad norm before clipping, skipped).
+
+    A non-finite loss or grad norm on any process skips the optimizer step everywhere."""
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     max_norm = grad_clip if grad_clip else float("inf")
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
-    return float(grad_norm)
+    skipped = any_process(accelerator, not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)))
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return float(grad_norm), skipped
 
 
 @torch.no_grad()
@@ -43,8 +50,8 @@ def fake_step(
     with torch.no_grad():
         x = generator(z)
     loss = fake_score_loss(fake_score, x, sigma, torch.randn_like(x), sigma_data=sigma_data).mean()
-    grad_norm = apply_update(accelerator, fake_weight * loss, fake_score, optimizer, grad_clip)
-    return {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm}
+    grad_norm, skipped = apply_update(accelerator, fake_weight * loss, fake_score, optimizer, grad_clip)
+    return {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
 
 def student_step(
@@ -79,5 +86,6 @@ def student_step(
         loss_reg = regression_loss(x_ref, y_ref, regression_distance, pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
         logs["loss/regression"] = loss_reg.item()
-    logs["grad_norm/student"] = apply_update(accelerator, total, generator, optimizer, grad_clip)
+    logs["grad_norm/student"], skipped = apply_update(accelerator, total, generator, optimizer, grad_clip)
+    logs["skipped/student"] = float(skipped)
     return logs

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
 from teachers.errors import ConfigError
 from teachers.gmm import GMMDenoiser, mixture_from_lists
-from teachers.train import load_teacher
+from teachers.io import load_denoiser
 
 
 def run(cfg: DictConfig) -> dict:
@@ -19,8 +19,8 @@ def run(cfg: DictConfig) -> dict:
     elif cfg.teacher.path is None:
         raise ConfigError("teacher.path is null; give a teacher folder, or teacher=gmm_exact for the exact mixture")
     else:
-        teacher = load_teacher(cfg.teacher.path)
-    student = load_teacher(cfg.student_path) if cfg.student_path else None
+        teacher = load_denoiser(cfg.teacher.path)
+    student = load_denoiser(cfg.student_path) if cfg.student_path else None
     for name, model in (("teacher.path", teacher), ("student_path", student)):
         if model is not None and model.shape != (mixture.dim,):
             raise ConfigError(f"{name} is a model of shape {model.shape} but the data is {mixture.dim}-D")

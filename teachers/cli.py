@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from teachers.errors import ConfigError
+from teachers.errors import ConfigError, TrainingStopped
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -27,7 +27,7 @@ def check_presets(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
 
 
 def report_config_errors(run: Callable[[DictConfig], object]) -> Callable[[DictConfig], None]:
-    """Wrap run(cfg) so that a ConfigError prints one line to stderr and exits with status 2."""
+    """Wrap run(cfg): a ConfigError prints one line and exits 2; a TrainingStopped, one line and its own code."""
 
     @functools.wraps(run)
     def task(cfg: DictConfig) -> None:
@@ -36,6 +36,9 @@ def report_config_errors(run: Callable[[DictConfig], object]) -> Callable[[DictC
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except TrainingStopped as err:
+            print(f"stopped: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
 
     return task
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from teachers.base import sample_log_normal_sigma
 from teachers.cli import hydra_entry
 from teachers.errors import ConfigError
+from teachers.io import save_pretrained_atomic
 from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers.loss import edm_denoising_loss
 from teachers.mlp import MLPDenoiser
@@ -56,38 +57,51 @@ def fit_denoiser(
 
 
 def train_teacher(mixture: GaussianMixture, teacher_cfg: DictConfig, seed: int, max_steps: int | None = None) -> MLPDenoiser:
-    """Build and fit the MLP teacher that teacher_cfg describes (net and fit keys)."""
-    model = build_mlp(mixture, **teacher_cfg.net)
+    """Build and fit the MLP teacher that teacher_cfg describes (net and fit keys).
+
+    It draws only from its own seeded RNG, so the caller's random stream is the same whether the
+    teacher was trained here or loaded from disk (what exact resume needs)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_mlp(mixture, **teacher_cfg.net)
     fit = OmegaConf.to_container(teacher_cfg.fit)
     if max_steps is not None:
         fit["max_steps"] = max_steps
     return fit_denoiser(model, mixture, seed=seed, **fit)
 
 
-def check_teacher_folder(path: Path) -> None:
-    """A teacher folder has config.json and diffusion_pytorch_model.safetensors."""
-    missing = [f for f in ("config.json", "diffusion_pytorch_model.safetensors") if not (path / f).is_file()]
-    if missing:
+INT_KEYS = {"net": ("hidden_dim", "num_layers", "emb_dim"), "fit": ("max_steps", "batch_size")}
+
+
+def check_teacher_config(teacher: DictConfig) -> None:
+    """teacher.net sizes and teacher.fit steps are integers >= 1; the learning rate and EMA decay are in range."""
+    for section, keys in INT_KEYS.items():
+        for key in keys:
+            value = teacher[section][key]
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"teacher.{section}.{key}={value}; it must be an integer >= 1")
+    for key in ("lr", "p_mean", "p_std", "ema_decay"):
+        value = teacher.fit[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"teacher.fit.{key}={value}; it must be a number")
+    if not (teacher.fit.lr > 0 and teacher.fit.p_std > 0 and 0 <= teacher.fit.ema_decay < 1):
         raise ConfigError(
-            f"teacher.path={path} is not a teacher folder (missing {', '.join(missing)}); "
-            "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run"
+            f"teacher.fit lr={teacher.fit.lr}, p_std={teacher.fit.p_std}, ema_decay={teacher.fit.ema_decay}; "
+            "need lr > 0, p_std > 0 and 0 <= ema_decay < 1"
         )
-
-
-def load_teacher(path: str | Path) -> MLPDenoiser:
-    """Load a teacher folder written by this module (config.json + safetensors), frozen."""
-    check_teacher_folder(Path(path))
-    return MLPDenoiser.from_pretrained(path).eval().requires_grad_(False)
 
 
 def run(cfg: DictConfig) -> Path:
     """Train the teacher for cfg.data and save it to <run dir>/teacher."""
     mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
+    check_teacher_config(cfg.teacher)
+    steps = cfg.train.max_steps
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ConfigError(f"train.max_steps={steps}; it must be an integer >= 1")
     run_dir = Path(cfg.run_dir)
     torch.use_deterministic_algorithms(bool(cfg.deterministic))
     model = train_teacher(mixture, cfg.teacher, seed=cfg.seed, max_steps=cfg.train.max_steps)
-    out = run_dir / "teacher"
-    model.save_pretrained(out)
+    out = save_pretrained_atomic(model, run_dir / "teacher")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     print(f"teacher saved to {out}")
     return out

@@ -1,0 +1,65 @@
+"""Stop conditions of a run: non-finite updates (skipped, counted, capped) and SIGTERM (preemption)."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from distill.checkpoint import complete_checkpoints
+from teachers.errors import TrainingStopped
+
+EXIT_NON_FINITE = 3
+EXIT_SIGTERM = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True when flag is true on at least one process (an all-reduce when there are several)."""
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, reduction="sum")
+    return bool(value.item() > 0)
+
+
+class NonFiniteGuard:
+    """Counts skipped updates per network; stops the run after max_consecutive in a row."""
+
+    def __init__(self, max_consecutive: int, checkpoints: Path, skipped: dict[str, int] | None = None):
+        self.max_consecutive, self.checkpoints = max_consecutive, checkpoints
+        self.skipped = dict(skipped or {})
+        self.consecutive: dict[str, int] = {}
+
+    def record(self, network: str, skipped: bool, step: int) -> None:
+        """Count one update of network; raise TrainingStopped at max_consecutive skips in a row."""
+        self.consecutive[network] = self.consecutive.get(network, 0) + 1 if skipped else 0
+        self.skipped[network] = self.skipped.get(network, 0) + int(skipped)
+        if self.consecutive[network] >= self.max_consecutive:
+            found = complete_checkpoints(self.checkpoints)
+            last_checkpoint = found[-1][1] if found else "none (none saved yet)"
+            raise TrainingStopped(
+                f"{self.max_consecutive} consecutive non-finite updates of the {network} (step {step}); "
+                f"the last good checkpoint is {last_checkpoint}. Lower its learning rate or train.grad_clip, then re-run to resume",
+                EXIT_NON_FINITE,
+            )
+
+
+class StopRequest:
+    """Remembers a SIGTERM (SLURM sends it before preemption) so the loop can checkpoint and exit."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
