@@ -1,7 +1,7 @@
 """The distillation run: accelerate orchestration only; the math lives in steps and losses."""
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.image
@@ -102,6 +102,53 @@ def export_and_evaluate(cfg: DictConfig, state: TrainState, real, mixture: Gauss
     return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
 
 
+@dataclass
+class StepContext:
+    """What every distillation step uses: the prepared networks and optimizers, and the loss settings."""
+
+    accelerator: Accelerator
+    generator: torch.nn.Module
+    fake_score: torch.nn.Module
+    real: object
+    student_optimizer: torch.optim.Optimizer
+    fake_optimizer: torch.optim.Optimizer
+    pairs: tuple[torch.Tensor, torch.Tensor] | None
+    sigma_data: float
+    dim: int
+    loss: DictConfig
+    train: DictConfig
+
+    def draw_z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.dim, device=self.accelerator.device)
+
+    def sample_sigma(self, n: int) -> torch.Tensor:
+        return sample_dmd_sigma(n, **self.loss.sigma, device=self.accelerator.device)
+
+
+def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, float]:
+    """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them."""
+    logs, train, step = {}, ctx.train, counters.step + 1
+    if ctx.loss.dmd_weight > 0:
+        for _ in range(train.num_fake_steps_per_student_step):
+            logs |= fake_step(
+                accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
+                z=ctx.draw_z(train.batch_size), sigma=ctx.sample_sigma(train.batch_size), sigma_data=ctx.sigma_data,
+                fake_weight=ctx.loss.fake_weight, grad_clip=train.grad_clip,
+            )
+            guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
+            counters.fake_updates += 1
+    batch_pairs = regression_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
+    logs |= student_step(
+        accelerator=ctx.accelerator, generator=ctx.generator, real=ctx.real, fake_score=ctx.fake_score,
+        optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
+        dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
+        regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
+    )
+    guard.record("student", logs["skipped/student"] > 0, step)
+    counters.step, counters.student_updates, counters.skipped = step, counters.student_updates + 1, guard.skipped
+    return logs
+
+
 def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: int, scaler=None) -> Counters:
     """Load train.resume_from, else the newest checkpoint that verifies; fresh counters when there is none."""
     path = Path(resume_from) if resume_from else latest_loadable(checkpoints)
@@ -129,7 +176,6 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(run_dir, cfg.deterministic)
-    set_seed(cfg.seed, device_specific=True)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -148,36 +194,19 @@ def run(cfg: DictConfig) -> dict:
     scalar_log = ScalarLog(accelerator, run_dir)
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
 
-    sample_sigma = functools.partial(sample_dmd_sigma, **cfg.loss.sigma, device=device)
+    ctx = StepContext(
+        accelerator=accelerator, generator=generator, fake_score=fake_ddp, real=real, student_optimizer=opt_g,
+        fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, dim=mixture.dim, loss=cfg.loss, train=cfg.train,
+    )
     z_plot = torch.randn(PLOT_SAMPLES, mixture.dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    draw_z = lambda n: torch.randn(n, mixture.dim, device=device)  # noqa: E731
     train, checkpoints = cfg.train, run_dir / "checkpoints"
     bar = tqdm(range(counters.step, train.max_steps), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
     with StopRequest() as stop:
-        for step in bar:
-            logs = {}
-            # Update the fake score (N times per student update: DMD2's two time-scale rule).
-            if cfg.loss.dmd_weight > 0:
-                for _ in range(train.num_fake_steps_per_student_step):
-                    logs |= fake_step(
-                        accelerator=accelerator, generator=generator, fake_score=fake_ddp, optimizer=opt_f,
-                        z=draw_z(train.batch_size), sigma=sample_sigma(train.batch_size), sigma_data=teacher.sigma_data,
-                        fake_weight=cfg.loss.fake_weight, grad_clip=train.grad_clip,
-                    )
-                    guard.record("fake_score", logs["skipped/fake_score"] > 0, step + 1)
-                    counters.fake_updates += 1
-            # Update the student.
-            batch_pairs = regression_batch(pairs, train.regression_batch_size, device)
-            logs |= student_step(
-                accelerator=accelerator, generator=generator, real=real, fake_score=fake_ddp, optimizer=opt_g,
-                z=draw_z(train.batch_size), sample_sigma=sample_sigma, pairs=batch_pairs,
-                dmd_weight=cfg.loss.dmd_weight, regression_weight=cfg.loss.regression_weight,
-                regression_distance=cfg.loss.regression_distance, pseudo_huber_c=cfg.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-            )
-            guard.record("student", logs["skipped/student"] > 0, step + 1)
+        for _ in bar:
+            # Update the fake score N times, then the student, then the EMA.
+            logs = distill_step(ctx, guard, counters)
             if state.ema is not None:
                 state.ema.step(state.student.parameters())
-            counters.step, counters.student_updates, counters.skipped = step + 1, counters.student_updates + 1, guard.skipped
             done = counters.step
             # Log scalars, plot samples.
             if is_due(done, train.log_every, train.max_steps):
