@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The DMD paper's ablation on three mixtures: teacher sampler vs DMD only, regression only, both.
-# Usage: bash experiments/toy_gmm/run.sh [OUT=runs/toy_gmm]   (about 40 minutes on 2 CPU cores)
+# Usage: [MIXTURES="toy_gmm ..."] bash experiments/toy_gmm/run.sh [OUT=runs/toy_gmm]  (about 25 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${1:-runs/toy_gmm}
-for mixture in toy_gmm toy_grid25 toy_16d; do
+for mixture in ${MIXTURES:-toy_gmm toy_grid25 toy_16d}; do
   # One teacher per mixture, shared by the three students.
   [ -f "$OUT/$mixture/teacher/teacher/config.json" ] || \
     $PY -m teachers.train experiment=$mixture hydra.run.dir=$OUT/$mixture/teacher
