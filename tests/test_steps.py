@@ -40,7 +40,8 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     )
     assert _changed(student_before, student)
     assert not _changed(teacher_before, teacher) and all(p.grad is None for p in teacher.parameters())
-    assert set(logs) == {"loss/fake_score", "grad_norm/fake_score", "loss/dmd", "loss/regression", "grad_norm/student"}
+    assert set(logs) == {"loss/fake_score", "grad_norm/fake_score", "skipped/fake_score", "loss/dmd", "loss/regression", "grad_norm/student", "skipped/student"}
+    assert logs["skipped/student"] == logs["skipped/fake_score"] == 0.0
 
 
 def test_student_copy_reproduces_teacher_before_training():
