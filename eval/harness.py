@@ -74,7 +74,7 @@ def evaluate_toy(
     mode_radius_quantile: float,
     mmd_max_samples: int,
     batch_size: int = 10_000,
-    **_unused,
+    **_read_by_caller,  # other eval keys (teacher_samplers) build the sample functions
 ) -> dict[str, dict]:
     """Every sampler from the same noise; figures against fresh mixture samples; metrics.json, npz and a PNG."""
     gen = torch.Generator().manual_seed(seed)
