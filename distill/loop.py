@@ -1,6 +1,7 @@
 """The distillation run: accelerate orchestration only; the math lives in steps and losses."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ PLOT_SAMPLES = 2000
 
 def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
     """Accelerate with tensorboard logging into <run_dir>/tensorboard."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
