@@ -100,11 +100,12 @@ def verify(path: Path) -> dict:
     return manifest
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Tensors (by file stem) and state.json of a verified checkpoint."""
+def load_checkpoint(path: Path, check_hashes: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Tensors (by file stem) and state.json of a sealed checkpoint; check_hashes=False when just verified."""
     if not (path / COMPLETE_MARKER).is_file():
         raise CorruptCheckpoint(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} manifest)")
-    verify(path)
+    if check_hashes:
+        verify(path)
     tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
     return tensors, json.loads((path / "state.json").read_text())
 

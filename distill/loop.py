@@ -157,8 +157,8 @@ def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: 
     path = Path(resume_from) if resume_from else latest_loadable(checkpoints)
     if path is None:
         return Counters()
-    try:
-        return state.restore(*load_checkpoint(path), rank=rank, scaler=scaler)
+    try:  # verified already, by validate() (resume_from) or by latest_loadable()
+        return state.restore(*load_checkpoint(path, check_hashes=False), rank=rank, scaler=scaler)
     except CorruptCheckpoint as err:
         raise ConfigError(f"train.resume_from={path} cannot be resumed: {err}") from None
 
