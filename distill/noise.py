@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import torch
 
-
-def karras_sigma_at(t: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """Sigma at ramp position t in [0, 1] of the Karras schedule (t=0: sigma_max, t=1: sigma_min; EDM eq. 5)."""
-    inv_rho = 1 / rho
-    return (sigma_max**inv_rho + t * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+from eval.samplers import karras_sigma_at
 
 
 def sample_dmd_sigma(

@@ -6,15 +6,17 @@ import torch
 from teachers.base import expand_sigma
 
 
+def karras_sigma_at(t: torch.Tensor, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Sigma at ramp position t in [0, 1] of the Karras schedule (t=0: sigma_max, t=1: sigma_min; EDM eq. 5)."""
+    inv_rho = 1 / rho
+    return (sigma_max**inv_rho + t * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+
+
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """num_steps decreasing sigmas from sigma_max to sigma_min, then a final 0 (EDM eq. 5)."""
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps}; it must be >= 1")
-    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-    inv_rho = 1 / rho
-    sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
-    if num_steps == 1:
-        sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    sigmas = karras_sigma_at(torch.linspace(0, 1, num_steps, dtype=torch.float64), sigma_min, sigma_max, rho)
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
 
 
