@@ -1,7 +1,6 @@
 """Teacher ODE pairs (z_ref, y_ref) for the regression loss, generated once, stored with HF datasets."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -9,6 +8,7 @@ from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 
 from eval.samplers import get_sampler, karras_sigmas
+from teachers.io import write_folder_atomic
 
 
 def generate_pairs(
@@ -24,12 +24,8 @@ def generate_pairs(
 
 
 def save_dataset_atomic(dataset: Dataset, path: Path) -> Path:
-    """save_to_disk into a temporary folder, then rename: a half-written set is never loaded."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    tmp.rename(path)
-    return path
+    """save_to_disk, written atomically: a half-written pair set is never loaded."""
+    return write_folder_atomic(path, lambda tmp: dataset.save_to_disk(str(tmp)))
 
 
 def load_pairs(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

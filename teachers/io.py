@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,15 +28,20 @@ def safe_torch_load(path: Path) -> dict:
         raise ConfigError(f"cannot read {path}: {err}") from None
 
 
-def save_pretrained_atomic(model, path: Path) -> Path:
-    """save_pretrained (config.json + safetensors) into a temporary folder, then rename into place."""
+def write_folder_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """write(tmp) fills a temporary folder, which then replaces path: a half-written folder is never read."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    write(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def save_pretrained_atomic(model, path: Path) -> Path:
+    """save_pretrained (config.json + safetensors), written atomically."""
+    return write_folder_atomic(path, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
 def check_teacher_folder(path: Path) -> None:
