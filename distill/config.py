@@ -16,6 +16,15 @@ REAL_SCORES = ("network", "analytic")
 REGRESSION_DISTANCES = ("l2", "pseudo_huber")
 
 
+POSITIVE_INT_TRAIN_KEYS = (
+    "batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every",
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -57,15 +66,15 @@ def check_loss(loss: DictConfig) -> None:
 def check_train(train: DictConfig, student: DictConfig) -> None:
     """Step counts, batch sizes, clipping and EMA."""
     _require(student.num_steps == 1, f"student.num_steps={student.num_steps}; only 1 (one-step students) is supported")
-    _require(isinstance(train.max_steps, int) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
-    for key in ("max_steps", "batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every"):
-        _require(isinstance(train[key], int) and not isinstance(train[key], bool), f"train.{key}={train[key]}; it must be an integer")
-    _check_positive(train, "train", ("batch_size", "regression_batch_size", "num_fake_steps_per_student_step", "log_every", "plot_every", "checkpoint_every"))
+    _require(_is_int(train.max_steps) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
+    for key in POSITIVE_INT_TRAIN_KEYS:
+        _require(_is_int(train[key]), f"train.{key}={train[key]}; it must be an integer")
+    _check_positive(train, "train", POSITIVE_INT_TRAIN_KEYS)
     _require(train.grad_clip is None or train.grad_clip > 0, f"train.grad_clip={train.grad_clip}; use null or a number > 0")
     _require(train.ema_decay is None or 0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}; use null or a number in [0, 1)")
-    _require(isinstance(train.keep_last, int) and train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
+    _require(_is_int(train.keep_last) and train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
     _require(
-        isinstance(train.max_consecutive_skips, int) and train.max_consecutive_skips >= 1,
+        _is_int(train.max_consecutive_skips) and train.max_consecutive_skips >= 1,
         f"train.max_consecutive_skips={train.max_consecutive_skips}; it must be an integer >= 1",
     )
     if train.resume_from is not None:
@@ -86,7 +95,7 @@ def check_eval(eval_cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> GaussianMixture:
     """Every check of a distillation config; returns the data mixture."""
-    _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"seed={cfg.seed}; it must be an integer")
+    _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
     check_teacher(cfg.teacher, mixture)
