@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from distill.checkpoint import CorruptCheckpoint, verify
+from distill.tasks import ImageTask, ToyTask
 from eval.samplers import SAMPLERS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
@@ -47,6 +48,16 @@ def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
     _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
 
 
+def check_image_teacher(teacher: DictConfig) -> None:
+    """A UNet teacher for image data: a zoo name, a pipeline folder, or a hub id (owner/name)."""
+    _require(teacher.get("kind") == "unet", f"teacher={teacher.get('kind', 'mlp')} cannot model images; use teacher=unet")
+    path = teacher.path
+    if path is None or str(path).startswith("zoo:"):
+        return
+    if Path(path).exists() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
+        check_teacher_folder(Path(path))
+
+
 def check_loss(loss: DictConfig) -> None:
     """Weights, distance and sigma range of the distillation losses."""
     for key in ("dmd_weight", "regression_weight", "fake_weight"):
@@ -84,22 +95,35 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
             raise ConfigError(f"train.resume_from={train.resume_from} cannot be resumed: {err}") from None
 
 
-def check_eval(eval_cfg: DictConfig) -> None:
+def check_eval(eval_cfg: DictConfig, kind: str) -> None:
     """Sample counts and the teacher's samplers."""
-    _check_positive(eval_cfg, "eval", ("num_samples", "mmd_max_samples", "mode_recall_share"))
-    _require(0 < eval_cfg.mode_radius_quantile < 1, f"eval.mode_radius_quantile={eval_cfg.mode_radius_quantile}; it must be in (0, 1)")
+    if kind == "toy":
+        _check_positive(eval_cfg, "eval", ("num_samples", "mmd_max_samples", "mode_recall_share"))
+        _require(0 < eval_cfg.mode_radius_quantile < 1, f"eval.mode_radius_quantile={eval_cfg.mode_radius_quantile}; it must be in (0, 1)")
+    else:
+        _require("reference_split" in eval_cfg, "image data needs image evaluation: add eval=fid")
+        _check_positive(eval_cfg, "eval", ("num_samples", "batch_size"))
+        _require(eval_cfg.reference_split in ("train", "test"), f"eval.reference_split={eval_cfg.reference_split}; allowed: train, test")
+        _require(len(eval_cfg.teacher_samplers) > 0, "eval.teacher_samplers is empty; FID is measured against the teacher's full sampler")
     for spec in eval_cfg.teacher_samplers:
         _require(spec.name in SAMPLERS, f"eval.teacher_samplers name={spec.name}; allowed: {', '.join(SAMPLERS)}")
         _require(spec.num_steps >= 1, f"eval.teacher_samplers num_steps={spec.num_steps}; it must be >= 1")
 
 
-def validate(cfg: DictConfig) -> GaussianMixture:
-    """Every check of a distillation config; returns the data mixture."""
+def validate(cfg: DictConfig) -> ToyTask | ImageTask:
+    """Every check of a distillation config; returns the task (toy mixture or image data)."""
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
-    mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
-    check_teacher(cfg.teacher, mixture)
+    kind = cfg.data.get("kind", "toy")
+    if kind == "image":
+        check_image_teacher(cfg.teacher)
+        task = ImageTask(cfg.data)
+    else:
+        _require(cfg.teacher.get("kind", "mlp") == "mlp", f"teacher={cfg.teacher.kind} needs image data (data=mnist|digits|...)")
+        mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
+        check_teacher(cfg.teacher, mixture)
+        task = ToyTask(mixture)
     check_loss(cfg.loss)
     check_train(cfg.train, cfg.student)
-    check_eval(cfg.eval)
-    return mixture
+    check_eval(cfg.eval, kind)
+    return task

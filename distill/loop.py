@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.image
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -18,19 +17,15 @@ from distill.config import validate
 from distill.export import export_student
 from distill.generator import OneStepGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
-from distill.pairs import generate_pairs, load_pairs, save_dataset_atomic
+from distill.pairs import generate_pairs, load_pairs
+from distill.tasks import PLOT_SAMPLES
 from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, any_process
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
 from distill.steps import fake_step, student_step
-from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
-from eval.plots import scatter_panels
 from teachers.errors import ConfigError, TrainingStopped
-from teachers.gmm import GaussianMixture, GMMDenoiser
-from teachers.io import load_denoiser, save_pretrained_atomic
-from teachers.train import train_teacher
+from teachers.io import load_denoiser
 
-PLOT_SAMPLES = 2000
 
 
 def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
@@ -44,27 +39,18 @@ def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_config=project)
 
 
-def setup_teacher(cfg: DictConfig, mixture: GaussianMixture, run_dir: Path, accelerator: Accelerator):
-    """The teacher network (trained into the run dir if no path is given) and D_real."""
-    path = Path(cfg.teacher.path) if cfg.teacher.path else run_dir / "teacher"
-    if cfg.teacher.path is None and not path.exists() and accelerator.is_main_process:
-        save_pretrained_atomic(train_teacher(mixture, cfg.teacher, seed=cfg.seed), path)
-    accelerator.wait_for_everyone()
-    teacher = load_denoiser(path).to(accelerator.device)
-    real = GMMDenoiser(mixture) if cfg.teacher.real == "analytic" else teacher
-    return teacher, real
-
-
 def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerator):
-    """Teacher ODE pairs for the regression loss, made once per run dir; None when unused."""
+    """Teacher ODE pairs for the regression loss, made once per run dir (resumable, split across processes)."""
     if cfg.loss.regression_weight == 0:
         return None
     path = run_dir / "pairs"
-    if not path.exists() and accelerator.is_main_process:
-        pairs = generate_pairs(teacher, **cfg.loss.pairs, seed=cfg.seed)
-        save_dataset_atomic(pairs, path)
+    generate_pairs(
+        teacher, path, **cfg.loss.pairs, seed=cfg.seed, num_classes=getattr(teacher, "num_classes", None),
+        rank=accelerator.process_index, world_size=accelerator.num_processes, device=accelerator.device,
+        progress=accelerator.is_main_process,
+    )
     accelerator.wait_for_everyone()
-    return tuple(t.to(accelerator.device) for t in load_pairs(path))
+    return tuple(t.to(accelerator.device) for t in load_pairs(path, cfg.loss.pairs.num_pairs))
 
 
 def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimizer:
@@ -85,11 +71,11 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None) -> TrainSta
 
 
 def regression_batch(pairs, batch_size: int, device):
-    """A random batch of stored teacher ODE pairs (z_ref, y_ref), or None without pairs."""
+    """A random batch of stored teacher ODE pairs (z_ref, y_ref[, label]), or None without pairs."""
     if pairs is None:
         return None
     idx = torch.randint(len(pairs[0]), (batch_size,), device=device)
-    return pairs[0][idx], pairs[1][idx]
+    return tuple(t[idx] for t in pairs)
 
 
 def is_due(done: int, every: int, last: int) -> bool:
@@ -97,12 +83,11 @@ def is_due(done: int, every: int, last: int) -> bool:
     return done % every == 0 or done == last
 
 
-def export_and_evaluate(cfg: DictConfig, state: TrainState, real, mixture: GaussianMixture, run_dir: Path, device) -> dict:
+def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, device) -> dict:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
     export_student(state.student, state.ema, run_dir / "student")
     student = load_denoiser(run_dir / "student").to(device)
-    sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
-    return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+    return task.evaluate(cfg, student, real, run_dir, device)
 
 
 @dataclass
@@ -115,14 +100,19 @@ class StepContext:
     real: object
     student_optimizer: torch.optim.Optimizer
     fake_optimizer: torch.optim.Optimizer
-    pairs: tuple[torch.Tensor, torch.Tensor] | None
+    pairs: tuple[torch.Tensor, ...] | None
     sigma_data: float
-    dim: int
+    shape: tuple[int, ...]
+    num_classes: int | None
     loss: DictConfig
     train: DictConfig
 
     def draw_z(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.dim, device=self.accelerator.device)
+        return torch.randn(n, *self.shape, device=self.accelerator.device)
+
+    def draw_cond(self, n: int) -> torch.Tensor | None:
+        """Uniform class labels for class-conditional teachers, else None."""
+        return torch.randint(self.num_classes, (n,), device=self.accelerator.device) if self.num_classes else None
 
     def sample_sigma(self, n: int) -> torch.Tensor:
         return sample_dmd_sigma(n, **self.loss.sigma, device=self.accelerator.device)
@@ -136,7 +126,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             logs |= fake_step(
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
                 z=ctx.draw_z(train.batch_size), sigma=ctx.sample_sigma(train.batch_size), sigma_data=ctx.sigma_data,
-                fake_weight=ctx.loss.fake_weight, grad_clip=train.grad_clip,
+                fake_weight=ctx.loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(train.batch_size),
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
@@ -146,6 +136,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
         optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
+        cond=ctx.draw_cond(train.batch_size),
     )
     guard.record("student", logs["skipped/student"] > 0, step)
     counters.step, counters.student_updates, counters.skipped = step, counters.student_updates + 1, guard.skipped
@@ -163,19 +154,17 @@ def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: 
         raise ConfigError(f"train.resume_from={path} cannot be resumed: {err}") from None
 
 
-def plot_student(generator, mixture: GaussianMixture, z_plot: torch.Tensor, path: Path, accelerator: Accelerator, step: int) -> None:
-    """Scatter sheet of data and student samples from fixed noise; also sent to tensorboard."""
-    with torch.no_grad():
-        x = generator(z_plot).float().cpu().numpy()
-    ref = mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
-    scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
-    tracker = accelerator.get_tracker("tensorboard")
-    tracker.log_images({"student_samples": matplotlib.image.imread(path)[..., :3]}, step=step, dataformats="HWC")
+def plot_inputs(task, ctx: StepContext, seed: int):
+    """Fixed noise (and labels 0, 1, ... for class-conditional teachers) for the progress sheets."""
+    n = PLOT_SAMPLES[task.kind]
+    z = torch.randn(n, *ctx.shape, generator=torch.Generator().manual_seed(seed)).to(ctx.accelerator.device)
+    cond = torch.arange(n, device=z.device) % ctx.num_classes if ctx.num_classes else None
+    return z, cond
 
 
 def run(cfg: DictConfig) -> dict:
     """Distill, export the student, and evaluate it beside the teacher's full sampler."""
-    mixture = validate(cfg)
+    task = validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(run_dir, cfg.deterministic)
@@ -184,7 +173,7 @@ def run(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
-    teacher, real = setup_teacher(cfg, mixture, run_dir, accelerator)
+    teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
     pairs = setup_pairs(cfg, teacher, run_dir, accelerator)
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay)
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
@@ -199,9 +188,10 @@ def run(cfg: DictConfig) -> dict:
 
     ctx = StepContext(
         accelerator=accelerator, generator=generator, fake_score=fake_ddp, real=real, student_optimizer=opt_g,
-        fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, dim=mixture.dim, loss=cfg.loss, train=cfg.train,
+        fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
+        num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,
     )
-    z_plot = torch.randn(PLOT_SAMPLES, mixture.dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    z_plot, cond_plot = plot_inputs(task, ctx, cfg.seed)
     train, checkpoints = cfg.train, run_dir / "checkpoints"
     bar = tqdm(range(counters.step, train.max_steps), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
     with StopRequest() as stop:
@@ -216,7 +206,7 @@ def run(cfg: DictConfig) -> dict:
                 scalar_log.log(logs | {f"skipped_total/{k}": float(v) for k, v in guard.skipped.items()}, step=done)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
             if main and is_due(done, train.plot_every, train.max_steps):
-                plot_student(plain_generator, mixture, z_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
+                task.plot(plain_generator, z_plot, cond_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
             # Save a checkpoint; on SIGTERM (preemption) save one and stop.
             preempted = any_process(accelerator, stop.received)
             if preempted or is_due(done, train.checkpoint_every, train.max_steps):
@@ -226,6 +216,6 @@ def run(cfg: DictConfig) -> dict:
                 raise TrainingStopped(f"SIGTERM at step {done}: saved {saved}; re-run the same command to resume", EXIT_SIGTERM)
 
     # Export the student and evaluate it beside the teacher's full sampler.
-    metrics = export_and_evaluate(cfg, state, real, mixture, run_dir, device) if main else {}
+    metrics = export_and_evaluate(cfg, task, state, real, run_dir, device) if main else {}
     accelerator.end_training()
     return metrics

@@ -45,11 +45,12 @@ def fake_step(
     sigma_data: float,
     fake_weight: float,
     grad_clip: float | None,
+    cond: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Train D_fake to denoise fresh student samples."""
+    """Train D_fake to denoise fresh student samples (of the same class labels, when conditional)."""
     with torch.no_grad():
-        x = generator(z)
-    loss = fake_score_loss(fake_score, x, sigma, torch.randn_like(x), sigma_data=sigma_data).mean()
+        x = generator(z, cond)
+    loss = fake_score_loss(fake_score, x, sigma, torch.randn_like(x), sigma_data=sigma_data, cond=cond).mean()
     grad_norm, skipped = apply_update(accelerator, fake_weight * loss, fake_score, optimizer, grad_clip)
     return {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
@@ -63,22 +64,25 @@ def student_step(
     optimizer,
     z: torch.Tensor,
     sample_sigma: Callable[[int], torch.Tensor],
-    pairs: tuple[torch.Tensor, torch.Tensor] | None,
+    pairs: tuple[torch.Tensor, ...] | None,
     dmd_weight: float,
     regression_weight: float,
     regression_distance: str,
     pseudo_huber_c: float,
     grad_clip: float | None,
+    cond: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """DMD loss on G(z) plus regression on teacher ODE pairs (z_ref, y_ref), weighted as configured."""
+    """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured."""
     # One generator call for both batches: DDP allows one forward per backward.
-    z_ref, y_ref = pairs if regression_weight > 0 else (z[:0], None)
-    z = z if dmd_weight > 0 else z[:0]
-    x_all = generator(torch.cat([z, z_ref]))
+    z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
+    if dmd_weight == 0:
+        z, cond = z[:0], None if cond is None else cond[:0]
+    cond_all = torch.cat([cond, *cond_ref]) if cond is not None else None
+    x_all = generator(torch.cat([z, z_ref]), cond_all)
     x, x_ref = x_all[: len(z)], x_all[len(z) :]
     logs, total = {}, torch.zeros((), device=z.device)
     if dmd_weight > 0:
-        grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)))
+        grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)), cond)
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.item()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from eval.plots import scatter_panels
 from eval.samplers import get_sampler, karras_sigmas, one_step, sampler_nfe
@@ -22,7 +23,7 @@ class SampleFn:
     """A way to turn noise (B, *shape) ~ N(0, I) into samples, with its network evaluations."""
 
     nfe: int
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (noise, class labels or None) -> samples
 
 
 def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
@@ -32,22 +33,24 @@ def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
         sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
         sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
         nfe = sampler_nfe(spec["name"], num_steps)
-        out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, s=sampler, sig=sigmas: s(denoiser, z, sig))
+        out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, c=None, s=sampler, sig=sigmas: s(denoiser, z, sig, c))
     return out
 
 
 def student_sample_fn(student) -> SampleFn:
     """The one-step student: D_student(sigma_max z, sigma_max)."""
     sigmas = torch.tensor([student.sigma_max, 0.0])
-    return SampleFn(1, lambda z: one_step(student, z, sigmas))
+    return SampleFn(1, lambda z, c=None: one_step(student, z, sigmas, c))
 
 
-def timed_sampling(fn: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
-    """All samples for the noise, in batches, and the wall seconds per sample (after one warm-up batch)."""
+def timed_sampling(fn, noise: torch.Tensor, batch_size: int, cond: torch.Tensor | None = None, desc: str = "") -> tuple[torch.Tensor, float]:
+    """All samples for the noise (and labels), in batches, and the wall seconds per sample (after a warm-up batch)."""
+    conds = cond.split(batch_size) if cond is not None else [None] * len(noise.split(batch_size))
     with torch.no_grad():
-        fn(noise[: min(batch_size, 16)])
+        fn(noise[: min(batch_size, 16)], None if cond is None else cond[: min(batch_size, 16)])
         start = time.perf_counter()
-        samples = torch.cat([fn(chunk) for chunk in noise.split(batch_size)])
+        chunks = tqdm(list(zip(noise.split(batch_size), conds)), desc=desc or "sampling", disable=not desc, mininterval=2)
+        samples = torch.cat([fn(z, c) for z, c in chunks])
     return samples, (time.perf_counter() - start) / len(noise)
 
 
@@ -81,7 +84,7 @@ def evaluate_toy(
     noise = torch.randn(num_samples, mixture.dim, generator=gen)
     reference = mixture.sample(num_samples, generator=gen)
     # A second fresh draw of the data: the figures a perfect sampler gets with this many samples.
-    all_fns = {"data": SampleFn(0, lambda z: mixture.sample(len(z), generator=gen)), **sample_fns}
+    all_fns = {"data": SampleFn(0, lambda z, c=None: mixture.sample(len(z), generator=gen)), **sample_fns}
     metrics, panels = {}, {}
     for label, sample_fn in all_fns.items():
         samples, seconds_per_sample = timed_sampling(sample_fn.fn, noise, batch_size)

@@ -11,6 +11,7 @@ import torch
 
 from teachers.errors import ConfigError
 from teachers.mlp import MLPDenoiser
+from teachers.unet import UNetDenoiser
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
@@ -44,10 +45,19 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return write_folder_atomic(path, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
+def is_pipeline(path: Path) -> bool:
+    """A diffusers pipeline folder (model_index.json or unet/): the UNet adapter's format."""
+    return (path / "model_index.json").is_file() or (path / "unet").is_dir()
+
+
 def check_teacher_folder(path: Path) -> None:
-    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin)."""
-    has_weights = (path / SAFETENSORS_FILE).is_file() or (path / PICKLE_FILE).is_file()
-    missing = [f for f, ok in ((CONFIG_FILE, (path / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights)) if not ok]
+    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/."""
+    model_dir = path / "unet" if is_pipeline(path) else path
+    has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
+    expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
+    if is_pipeline(path):
+        expected += (("scheduler/scheduler_config.json", (path / "scheduler" / "scheduler_config.json").is_file()),)
+    missing = [str((model_dir / f).relative_to(path)) if "/" not in f else f for f, ok in expected if not ok]
     if missing:
         raise ConfigError(
             f"teacher.path={path} is not a teacher folder (missing {', '.join(missing)}); "
@@ -63,17 +73,31 @@ def read_model_config(path: Path) -> dict:
         raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
 
 
-def load_denoiser(path: str | Path) -> MLPDenoiser:
-    """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only."""
+def load_model(path: Path):
+    """The MLP denoiser of a model folder, or the UNet adapter of a pipeline folder."""
+    if is_pipeline(path):
+        read_model_config(path / "unet")
+        return UNetDenoiser.from_pretrained(path)
+    if (path / SAFETENSORS_FILE).is_file():
+        return MLPDenoiser.from_pretrained(path, use_safetensors=True)
+    model = MLPDenoiser.from_config(MLPDenoiser.load_config(path))
+    model.load_state_dict(safe_torch_load(path / PICKLE_FILE))
+    return model
+
+
+def load_denoiser(path: str | Path):
+    """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only.
+
+    A string that is not a local folder but looks like `owner/name` is a hub id (network needed)."""
+    path_str = str(path)
+    if not Path(path_str).exists() and path_str.count("/") == 1 and not path_str.startswith((".", "/")):
+        return UNetDenoiser.from_pretrained(path_str).eval().requires_grad_(False)
     path = Path(path)
     check_teacher_folder(path)
-    read_model_config(path)
+    if not is_pipeline(path):
+        read_model_config(path)
     try:
-        if (path / SAFETENSORS_FILE).is_file():
-            model = MLPDenoiser.from_pretrained(path, use_safetensors=True)
-        else:
-            model = MLPDenoiser.from_config(MLPDenoiser.load_config(path))
-            model.load_state_dict(safe_torch_load(path / PICKLE_FILE))
+        model = load_model(path)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (diffusers and safetensors raise many kinds; all mean "unreadable")

@@ -24,3 +24,18 @@ def compose_config(name: str, overrides: list[str]):
     """The config that `python -m <entry> overrides` would build, without running it."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def tiny_unet_denoiser(prediction_type: str = "v_prediction", num_classes: int | None = None, size: int = 8, channels: int = 1):
+    """A random two-level UNet2DModel on a 1000-step linear DDPM schedule, wrapped as an EDM denoiser."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from teachers.unet import UNetDenoiser
+
+    unet = UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
+    )
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type)
+    return UNetDenoiser(unet, scheduler, null_class=num_classes).eval().requires_grad_(False)

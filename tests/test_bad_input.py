@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
         (["data.weights=[1.5,-0.5]", "data.means=[[0,0],[1,1]]", "data.stds=[0.1,0.1]"], "data.weights contains -0.5"),
         (["data.means=[[0,0],[1,1,1]]", "data.stds=[0.1,0.1]", "data.weights=[0.5,0.5]"], r"dimensions [2, 3]"),
         (["data.means=[[0,0],[1,1]]", "data.stds=[0.1,-0.2]", "data.weights=[0.5,0.5]"], "data.stds contains -0.2"),
-        (["experiment=toy_ring99"], "unknown experiment preset 'toy_ring99'; allowed: toy_16d, toy_gmm, toy_grid25"),
+        (["experiment=toy_ring99"], "unknown experiment preset 'toy_ring99'; allowed: "),
         (["teacher.path=/nonexistent/teacher"], "teacher.path=/nonexistent/teacher is not a teacher folder"),
     ],
 )

@@ -8,13 +8,24 @@ from teachers.errors import ConfigError
 
 GROUPS = ["teacher", "data", "student", "loss", "optim", "eval", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+# Options for image data compose on top of the MNIST preset; the rest on the toy default.
+IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder"), ("data", "hub"), ("teacher", "unet"),
+                 ("eval", "fid"), ("debug", "cpu_tiny_image"), ("experiment", "mnist")}
+
+
+def is_image(group: str, option: str) -> bool:
+    return (group, option) in IMAGE_OPTIONS or (group == "experiment" and option.startswith(("mnist", "digits", "cifar")))
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose_config("train", [f"{group}={option}", "run_dir=unused"])
-    mixture = validate(cfg)
-    assert mixture.dim == len(cfg.data.means[0])
+    base = ["experiment=mnist"] if is_image(group, option) and group != "experiment" else []
+    cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
+    task = validate(cfg)
+    if is_image(group, option):
+        assert task.kind == "image" and cfg.teacher.kind == "unet" and "reference_split" in cfg.eval
+    else:
+        assert task.kind == "toy" and task.mixture.dim == len(cfg.data.means[0])
     for key in ("seed", "deterministic"):
         assert key in cfg
     assert cfg.train.max_steps >= 0 and cfg.train.checkpoint_every > 0
@@ -24,7 +35,10 @@ def test_every_group_option_composes_and_validates(group, option):
 @pytest.mark.parametrize("entry", ["teacher_train", "eval"])
 def test_experiments_compose_for_the_other_entry_points(entry, experiment):
     cfg = compose_config(entry, [f"experiment={experiment}", "run_dir=unused"])
-    assert cfg.data.means and cfg.teacher.net.hidden_dim > 0
+    if is_image("experiment", experiment):
+        assert cfg.data.kind == "image" and cfg.teacher.kind == "unet"
+    else:
+        assert cfg.data.means and cfg.teacher.net.hidden_dim > 0
 
 
 def test_teacher_train_steps_come_from_the_teacher_fit():
@@ -35,7 +49,7 @@ def test_teacher_train_steps_come_from_the_teacher_fit():
 def test_command_line_mixture_in_16d():
     means = "[" + ",".join("[" + ",".join(["1" if i == j else "0" for i in range(16)]) + "]" for j in range(3)) + "]"
     cfg = compose_config("train", [f"data.means={means}", "data.stds=[0.1,0.1,0.1]", "data.weights=[0.5,0.25,0.25]", "run_dir=x"])
-    assert validate(cfg).dim == 16
+    assert validate(cfg).mixture.dim == 16
 
 
 def test_unknown_preset_names_the_allowed_ones():

@@ -36,7 +36,7 @@ def test_smoke_run_writes_every_contract_output(smoke_run):
     assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
     assert {p.name for p in (run_dir / "grids").glob("*.png")} >= {"step-000002.png", "data_teacher_student.png"}
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert (run_dir / "pairs" / "dataset_info.json").is_file()
+    assert (run_dir / "pairs" / "shard-00000" / "dataset_info.json").is_file()
 
 
 def test_exported_student_loads_with_diffusers_and_is_the_trained_ema(smoke_run):

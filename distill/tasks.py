@@ -1,0 +1,96 @@
+"""What differs between toy mixtures and images: the teacher's set-up, progress sheets, and evaluation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+from torchvision.utils import make_grid, save_image
+
+from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
+from eval.images import evaluate_images, full_sampler_label
+from eval.plots import scatter_panels
+from teachers.data import check_fits, load_images
+from teachers.gmm import GaussianMixture, GMMDenoiser
+from teachers.io import load_denoiser, save_pretrained_atomic
+from teachers.train import train_image_teacher, train_teacher
+from teachers.zoo import resolve_model_path
+
+PLOT_SAMPLES = {"toy": 2000, "image": 64}
+
+
+def log_image(accelerator: Accelerator, path: Path, step: int) -> None:
+    """A PNG sheet to tensorboard as well."""
+    tracker = accelerator.get_tracker("tensorboard")
+    tracker.log_images({"student_samples": matplotlib.image.imread(path)[..., :3]}, step=step, dataformats="HWC")
+
+
+def teacher_path(cfg: DictConfig, run_dir: Path) -> Path | str:
+    """teacher.path as given (a folder, `zoo:<name>`, or a hub id), or <run dir>/teacher when null."""
+    return run_dir / "teacher" if cfg.teacher.path is None else resolve_model_path(cfg.teacher.path)
+
+
+def setup_teacher(cfg: DictConfig, run_dir: Path, accelerator: Accelerator, train_fn):
+    """Load the teacher, training it into the run dir first when teacher.path is null."""
+    path = teacher_path(cfg, run_dir)
+    if cfg.teacher.path is None and not Path(path).exists() and accelerator.is_main_process:
+        save_pretrained_atomic(train_fn(), path)
+    accelerator.wait_for_everyone()
+    return load_denoiser(path).to(accelerator.device)
+
+
+class ToyTask:
+    """Gaussian-mixture data: the MLP teacher (or the exact denoiser), scatter sheets, toy metrics."""
+
+    kind = "toy"
+
+    def __init__(self, mixture: GaussianMixture):
+        self.mixture = mixture
+
+    def setup_teacher(self, cfg, run_dir, accelerator):
+        teacher = setup_teacher(cfg, run_dir, accelerator, lambda: train_teacher(self.mixture, cfg.teacher, seed=cfg.seed))
+        return teacher, (GMMDenoiser(self.mixture) if cfg.teacher.real == "analytic" else teacher)
+
+    def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
+        """Scatter sheet of data and student samples from fixed noise."""
+        with torch.no_grad():
+            x = generator(z_plot).float().cpu().numpy()
+        ref = self.mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
+        scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
+        log_image(accelerator, path, step)
+
+    def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
+        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
+        return evaluate_toy(sample_fns, self.mixture, run_dir, **cfg.eval)
+
+
+class ImageTask:
+    """Image data: a diffusers UNet teacher, sample sheets, FID vs the data and the teacher's full sampler."""
+
+    kind = "image"
+
+    def __init__(self, data_cfg: DictConfig):
+        self.data_cfg = data_cfg
+
+    def setup_teacher(self, cfg, run_dir, accelerator):
+        teacher = setup_teacher(cfg, run_dir, accelerator, lambda: train_image_teacher(self.data_cfg, cfg.teacher, seed=cfg.seed))
+        images, _ = load_images(self.data_cfg, "test")
+        check_fits(images, teacher.shape, f"data={self.data_cfg.name}")
+        return teacher, teacher
+
+    def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
+        """An 8x8 sheet of student samples from fixed noise (and labels)."""
+        with torch.no_grad():
+            x = generator(z_plot, cond_plot).float().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(make_grid((x.clamp(-1, 1) + 1) / 2, nrow=8, pad_value=1.0), path)
+        log_image(accelerator, path, step)
+
+    def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
+        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
+        return evaluate_images(
+            sample_fns, data_cfg=self.data_cfg, eval_cfg=cfg.eval, run_dir=run_dir, shape=student.shape,
+            num_classes=getattr(student, "num_classes", None), full_sampler=full_sampler_label(list(sample_fns)), device=device,
+        )

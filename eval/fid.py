@@ -1,0 +1,60 @@
+"""FID pieces, apart (EDM fid.py, edm2 Detector): streaming statistics, a cache for the reference, fid(a, b)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid.fid import frechet_distance
+
+from teachers.io import write_folder_atomic
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean (D,) and covariance (D, D) of features, float64."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num: int
+
+
+def stats_of(features: np.ndarray) -> Stats:
+    """Gaussian fit of features (N, D): mean and unbiased covariance."""
+    return Stats(features.mean(0), np.cov(features, rowvar=False), len(features))
+
+
+def fid(a: Stats, b: Stats) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017), through clean-fid."""
+    return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+
+
+def save_stats(stats: Stats, path: Path) -> Path:
+    """Stats as stats.npz in a folder, written atomically."""
+    return write_folder_atomic(path, lambda tmp: (tmp.mkdir(parents=True), np.savez(tmp / "stats.npz", mu=stats.mu, sigma=stats.sigma, num=stats.num)))
+
+
+def load_stats(path: Path) -> Stats:
+    """Stats from a folder written by save_stats."""
+    data = np.load(Path(path) / "stats.npz")
+    return Stats(data["mu"], data["sigma"], int(data["num"]))
+
+
+def cached_stats(path: Path, compute) -> Stats:
+    """Reference statistics from the cache folder, computed once by compute() and stored there."""
+    if not (Path(path) / "stats.npz").is_file():
+        save_stats(compute(), path)
+    return load_stats(path)
+
+
+def fid_torchmetrics(extractor: torch.nn.Module, images_a: torch.Tensor, images_b: torch.Tensor, batch_size: int = 500) -> float:
+    """The same FID through torchmetrics, with the same feature extractor: the cross-check of `fid`."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    size = tuple(images_a.shape[1:])  # a custom extractor gets the images unchanged
+    metric = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=size)
+    for images, real in ((images_a, True), (images_b, False)):
+        for x in images.split(batch_size):
+            metric.update(x, real=real)
+    return float(metric.compute())

@@ -1,0 +1,141 @@
+"""Image evaluation: every sampler from the same seeds, FID vs the data and vs the teacher's full sampler."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+from eval.features import (
+    INCEPTION_FILES, InceptionCleanFID, InceptionTorchmetrics, extract, find_inception, load_or_train_classifier, sha256_of,
+)
+from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
+from eval.harness import SampleFn, timed_sampling, write_metrics
+from teachers.data import load_images
+from teachers.errors import ConfigError
+from teachers.zoo import zoo_path
+
+EXTRACTORS = ("domain", "inception")
+GRID_IMAGES = 64
+
+
+@dataclass
+class Extractor:
+    """A feature network, the name metrics.json records, and the id that keys cached reference statistics."""
+
+    net: torch.nn.Module
+    name: str
+    cache_id: str
+
+
+def domain_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, float]:
+    """The dataset's classifier (shipped, cached, or trained now on the train split) and its test accuracy."""
+    path = Path(eval_cfg.classifier_path) if eval_cfg.classifier_path else zoo_path(f"{data_cfg.name}_classifier")
+    if path is None:
+        path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier"
+    model, acc = load_or_train_classifier(path, load_images(data_cfg, "train"), load_images(data_cfg, "test"),
+                                          dict(eval_cfg.classifier_fit), seed)
+    digest = sha256_of(path / "diffusion_pytorch_model.safetensors")[:12]
+    return Extractor(model, f"domain_classifier:{path.name}", f"domain-{digest}"), acc
+
+
+def inception_extractor(eval_cfg) -> Extractor:
+    """Inception-v3 pool features through clean-fid or torchmetrics, from a local, hash-checked weights file."""
+    backend = eval_cfg.inception_backend
+    weights = find_inception(backend, eval_cfg.inception_path, eval_cfg.inception_sha256)
+    net = InceptionCleanFID(weights) if backend == "clean-fid" else InceptionTorchmetrics(weights)
+    return Extractor(net, f"inception:{backend}", f"inception-{backend}-{INCEPTION_FILES[backend][0]}")
+
+
+def build_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, dict]:
+    """The configured extractor and what to record about it (the classifier's test accuracy)."""
+    if eval_cfg.feature_extractor not in EXTRACTORS:
+        raise ConfigError(f"eval.feature_extractor={eval_cfg.feature_extractor}; allowed for images: {', '.join(EXTRACTORS)}")
+    if eval_cfg.feature_extractor == "inception":
+        return inception_extractor(eval_cfg), {}
+    extractor, acc = domain_extractor(data_cfg, eval_cfg, seed)
+    return extractor, {"classifier_test_accuracy": acc}
+
+
+def reference_stats(extractor: Extractor, images: torch.Tensor, data_name: str, split: str, cache_dir: Path) -> Stats:
+    """Feature statistics of the reference images, cached per data set, split and extractor."""
+    return cached_stats(Path(cache_dir) / "fid_stats" / f"{data_name}-{split}-{extractor.cache_id}",
+                        lambda: stats_of(extract(extractor.net, images)))
+
+
+def save_pngs(images: torch.Tensor, folder: Path) -> None:
+    """One PNG per image, 000000.png, ...; images NCHW in [-1, 1]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, a in enumerate(arrays):
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:06d}.png")
+
+
+def save_comparison_grid(panels: dict[str, torch.Tensor], path: Path) -> Path:
+    """Side-by-side sample sheets (same seeds in the same cells), left to right in the order given."""
+    grids = [make_grid((x[:GRID_IMAGES].clamp(-1, 1) + 1) / 2, nrow=8, padding=2, pad_value=1.0) for x in panels.values()]
+    gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([t for g in grids for t in (g, gap)][:-1], dim=2), path)
+    return path
+
+
+def draw_inputs(num_samples: int, shape: tuple[int, ...], num_classes: int | None, seed: int):
+    """The seeded noise (and class labels) every sampler starts from."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_samples, *shape, generator=gen)
+    cond = torch.randint(num_classes, (num_samples,), generator=gen) if num_classes else None
+    return noise, cond
+
+
+def evaluate_images(
+    sample_fns: dict[str, SampleFn],
+    *,
+    data_cfg,
+    eval_cfg,
+    run_dir: Path,
+    shape: tuple[int, ...],
+    num_classes: int | None,
+    full_sampler: str,
+    device="cpu",
+) -> dict[str, dict]:
+    """FID of every sampler vs the reference data and vs the teacher's full sampler; metrics.json, PNGs and a grid."""
+    extractor, extra = build_extractor(data_cfg, eval_cfg, seed=eval_cfg.seed)
+    extractor.net.to(device)
+    ref_images, _ = load_images(data_cfg, eval_cfg.reference_split)
+    reference = reference_stats(extractor, ref_images.to(device), data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
+    noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
+    samples, stats, seconds = {}, {}, {}
+    for label, sample_fn in sample_fns.items():
+        x, seconds[label] = timed_sampling(sample_fn.fn, noise.to(device), eval_cfg.batch_size,
+                                          None if cond is None else cond.to(device), desc=label)
+        samples[label] = x.float()
+        stats[label] = stats_of(extract(extractor.net, samples[label]))
+        save_pngs(samples[label].cpu(), run_dir / "samples" / label)
+    metrics = {}
+    for label, sample_fn in tqdm(sample_fns.items(), desc="FID", mininterval=2):
+        entry = {
+            "nfe": sample_fn.nfe, "num_samples": eval_cfg.num_samples, "seconds_per_sample": seconds[label],
+            "feature_extractor": extractor.name, "seed": eval_cfg.seed, "reference": f"{data_cfg.name}/{eval_cfg.reference_split}",
+            "reference_num": reference.num, "fid": fid(stats[label], reference),
+            "fid_vs_teacher": fid(stats[label], stats[full_sampler]), **extra,
+        }
+        if eval_cfg.cross_check:
+            entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images.to(device), samples[label])
+        metrics[label] = entry
+    grid_panels = {full_sampler: samples[full_sampler], **{k: v for k, v in samples.items() if k.startswith("student")}}
+    save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
+    write_metrics(run_dir, metrics)
+    return metrics
+
+
+def full_sampler_label(labels: list[str]) -> str:
+    """The teacher sampler with the most network evaluations: the 'full sampler' FIDs are measured against."""
+    teachers = [label for label in labels if label.startswith("teacher_")]
+    if not teachers:
+        raise ConfigError("eval.teacher_samplers is empty; image evaluation needs the teacher's full sampler")
+    return max(teachers, key=lambda label: int(label.rsplit("nfe", 1)[1]))
+

