@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m distill experiment=toy_gmm hydra.run.dir=runs/demo
+	$(PY) -m distill hydra.run.dir=runs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

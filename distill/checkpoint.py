@@ -6,7 +6,6 @@ place. Only sealed folders whose files match their hashes are ever loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from teachers.io import sha256_of
 
 COMPLETE_MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -41,14 +42,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def staging_dir(root: Path, step: int) -> Path:
     """The folder a checkpoint is written into before it is sealed."""
     return root / f".step-{step}.partial"
@@ -70,7 +63,7 @@ def write_json(folder: Path, name: str, value: dict) -> None:
 
 def seal(staging: Path, root: Path, step: int, keep_last: int) -> Path:
     """Write the manifest, rename the staged folder to step-N, then drop checkpoints beyond keep_last."""
-    hashes = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+    hashes = {p.name: sha256_of(p) for p in sorted(staging.iterdir())}
     write_json(staging, COMPLETE_MARKER, {"step": step, "sha256": hashes})
     (staging / f"{COMPLETE_MARKER}.json").rename(staging / COMPLETE_MARKER)
     _fsync(staging)
@@ -95,7 +88,7 @@ def verify(path: Path) -> dict:
         raise CorruptCheckpoint(f"{path}: unreadable {COMPLETE_MARKER} manifest ({err})") from None
     for name, expected in hashes.items():
         file = path / name
-        if not file.is_file() or _sha256(file) != expected:
+        if not file.is_file() or sha256_of(file) != expected:
             raise CorruptCheckpoint(f"{path}: {name} is missing or does not match its sha256 (truncated or altered)")
     return manifest
 

@@ -62,6 +62,8 @@ def check_loss(loss: DictConfig) -> None:
     """Weights, distance and sigma range of the distillation losses."""
     for key in ("dmd_weight", "regression_weight", "fake_weight"):
         _require(loss[key] >= 0, f"loss.{key}={loss[key]}; it must be >= 0")
+    _require(isinstance(loss.guidance_scale, (int, float)) and loss.guidance_scale >= 0,
+             f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
     _require(loss.dmd_weight > 0 or loss.regression_weight > 0, "loss.dmd_weight and loss.regression_weight are both 0; at least one must be > 0")
     _require(
         loss.regression_distance in REGRESSION_DISTANCES,
@@ -115,6 +117,9 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask:
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.get("kind", "toy")
+    if cfg.loss.guidance_scale != 1 and cfg.teacher.path is None and not cfg.teacher.get("net", {}).get("class_conditional"):
+        raise ConfigError(f"loss.guidance_scale={cfg.loss.guidance_scale} needs a class-conditional teacher; "
+                          "the teacher trained in this run is unconditional (use loss.guidance_scale=1)")
     if kind == "image":
         check_image_teacher(cfg.teacher)
         task = ImageTask(cfg.data)

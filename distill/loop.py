@@ -24,6 +24,7 @@ from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
 from distill.steps import fake_step, student_step
 from teachers.errors import ConfigError, TrainingStopped
+from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
 
 
@@ -174,7 +175,9 @@ def run(cfg: DictConfig) -> dict:
 
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
-    pairs = setup_pairs(cfg, teacher, run_dir, accelerator)
+    if cfg.loss.guidance_scale != 1:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
+        real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
+    pairs = setup_pairs(cfg, real if cfg.loss.guidance_scale != 1 else teacher, run_dir, accelerator)
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay)
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)

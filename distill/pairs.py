@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_from_disk
 from tqdm.auto import tqdm
 
 from eval.samplers import get_sampler, karras_sigmas
@@ -43,6 +43,7 @@ def generate_pairs(
     num_classes: int | None = None, rank: int = 0, world_size: int = 1, device="cpu", progress: bool = True,
 ) -> list[Path]:
     """Write this process's missing shards (batch_size pairs each) of the pair set under path."""
+    disable_progress_bars()  # one bar over the shards, not one per save_to_disk
     sigmas = karras_sigmas(num_steps, teacher.sigma_min, teacher.sigma_max)
     num_shards = math.ceil(num_pairs / batch_size)
     mine = [i for i in range(rank, num_shards, world_size) if not shard_dir(path, i).is_dir()]

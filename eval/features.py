@@ -4,7 +4,6 @@ Every extractor maps images NCHW float32 in [-1, 1] to features (N, D) float64 n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from teachers.errors import ConfigError
-from teachers.io import write_folder_atomic
+from teachers.io import sha256_of, write_folder_atomic
 
 ACCURACY_FILE = "accuracy.json"
 # The Inception-v3 weights each library loads, where it looks for them, and the sha256 prefix published
@@ -90,15 +89,6 @@ def load_or_train_classifier(path: Path, train: tuple, test: tuple, fit: dict, s
         write_folder_atomic(path, write)
     model = DomainClassifier.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
     return model, json.loads((path / ACCURACY_FILE).read_text())["test_accuracy"]
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_inception(backend: str, path: str | None = None, sha256: str | None = None) -> Path:

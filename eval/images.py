@@ -10,8 +10,9 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from eval.features import (
-    INCEPTION_FILES, InceptionCleanFID, InceptionTorchmetrics, extract, find_inception, load_or_train_classifier, sha256_of,
+    INCEPTION_FILES, InceptionCleanFID, InceptionTorchmetrics, extract, find_inception, load_or_train_classifier,
 )
+from teachers.io import sha256_of
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
 from teachers.data import load_images
@@ -66,6 +67,19 @@ def reference_stats(extractor: Extractor, images: torch.Tensor, data_name: str, 
                         lambda: stats_of(extract(extractor.net, images)))
 
 
+def published_stats(spec: str, extractor: Extractor) -> Stats:
+    """clean-fid's published reference statistics, `cleanfid:<dataset>:<split>:<resolution>` (downloads once)."""
+    from cleanfid.features import get_reference_statistics
+
+    parts = spec.split(":")
+    if len(parts) != 4 or parts[0] != "cleanfid":
+        raise ConfigError(f"eval.reference_stats={spec}; expected cleanfid:<dataset>:<split>:<resolution>, e.g. cleanfid:cifar10:train:32")
+    if extractor.name != "inception:clean-fid":
+        raise ConfigError(f"eval.reference_stats={spec} holds clean-fid Inception statistics; set eval.inception_backend=clean-fid")
+    mu, sigma = get_reference_statistics(parts[1], int(parts[3]), mode="clean", split=parts[2])
+    return Stats(mu, sigma, 0)
+
+
 def save_pngs(images: torch.Tensor, folder: Path) -> None:
     """One PNG per image, 000000.png, ...; images NCHW in [-1, 1]."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +120,10 @@ def evaluate_images(
     extractor, extra = build_extractor(data_cfg, eval_cfg, seed=eval_cfg.seed)
     extractor.net.to(device)
     ref_images, _ = load_images(data_cfg, eval_cfg.reference_split)
-    reference = reference_stats(extractor, ref_images.to(device), data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
+    if eval_cfg.get("reference_stats"):
+        reference = published_stats(eval_cfg.reference_stats, extractor)
+    else:
+        reference = reference_stats(extractor, ref_images.to(device), data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
     noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
     samples, stats, seconds = {}, {}, {}
     for label, sample_fn in sample_fns.items():
@@ -119,7 +136,7 @@ def evaluate_images(
     for label, sample_fn in tqdm(sample_fns.items(), desc="FID", mininterval=2):
         entry = {
             "nfe": sample_fn.nfe, "num_samples": eval_cfg.num_samples, "seconds_per_sample": seconds[label],
-            "feature_extractor": extractor.name, "seed": eval_cfg.seed, "reference": f"{data_cfg.name}/{eval_cfg.reference_split}",
+            "feature_extractor": extractor.name, "seed": eval_cfg.seed, "reference": eval_cfg.get("reference_stats") or f"{data_cfg.name}/{eval_cfg.reference_split}",
             "reference_num": reference.num, "fid": fid(stats[label], reference),
             "fid_vs_teacher": fid(stats[label], stats[full_sampler]), **extra,
         }

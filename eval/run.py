@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
@@ -28,9 +29,11 @@ def load_models(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Write metrics.json, samples and a comparison PNG into the run dir."""
-    teacher, student = load_models(cfg)
     image = cfg.data.get("kind", "toy") == "image"
+    device = torch.device("cuda" if image and torch.cuda.is_available() else "cpu")  # toy evaluation stays on the CPU
+    teacher, student = load_models(cfg)
     if image:
+        teacher, student = teacher.to(device), None if student is None else student.to(device)
         images, _ = load_images(cfg.data, "test")
         for name, model in (("teacher.path", teacher), ("student_path", student)):
             if model is not None:
@@ -50,5 +53,5 @@ def run(cfg: DictConfig) -> dict:
         return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
     return evaluate_images(
         sample_fns, data_cfg=cfg.data, eval_cfg=cfg.eval, run_dir=run_dir, shape=teacher.shape,
-        num_classes=getattr(teacher, "num_classes", None), full_sampler=full_sampler_label(list(sample_fns)),
+        num_classes=getattr(teacher, "num_classes", None), full_sampler=full_sampler_label(list(sample_fns)), device=device,
     )

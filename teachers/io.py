@@ -1,6 +1,7 @@
 """Safe, atomic model files: safetensors in, safetensors out, never a pickle that runs code."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -27,6 +28,15 @@ def safe_torch_load(path: Path) -> dict:
         raise ConfigError(f"refusing to unpickle {path}: it holds more than tensors and would run code ({first}); convert it to safetensors") from None
     except (OSError, RuntimeError, EOFError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from None
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_folder_atomic(path: Path, write: Callable[[Path], object]) -> Path:

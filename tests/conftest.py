@@ -22,6 +22,8 @@ def _seed():
 
 def compose_config(name: str, overrides: list[str]):
     """The config that `python -m <entry> overrides` would build, without running it."""
+    if name == "train" and not any(o.startswith("experiment=") for o in overrides):
+        overrides = ["experiment=toy_gmm", *overrides]  # the default main job is MNIST; these tests are about toys
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
 

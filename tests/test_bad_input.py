@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bad_input_exits_before_training(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "distill", "debug=cpu_tiny", *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "distill", *([] if "experiment" in overrides[0] else ["experiment=toy_gmm"]), "debug=cpu_tiny", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2

@@ -54,18 +54,14 @@ def nothing_written(run_dir) -> bool:
     return not any((run_dir / name).exists() for name in ("teacher", "checkpoints", "pairs", "student"))
 
 
-def test_teacher_folder_without_weights_is_refused(tmp_path):
+@pytest.mark.parametrize(("missing", "message"), [
+    ("unet/diffusion_pytorch_model.safetensors", r"not a teacher folder \(missing unet/diffusion_pytorch_model.safetensors\)"),
+    ("unet/config.json", r"not a teacher folder \(missing unet/config.json\)"),
+])
+def test_teacher_folder_without_weights_or_config_is_refused(tmp_path, missing, message):
     path = save_pretrained_atomic(tiny_unet_denoiser(), tmp_path / "teacher")
-    (path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(ConfigError, match=r"not a teacher folder \(missing unet/diffusion_pytorch_model.safetensors\)"):
-        run(compose_config("train", tiny_overrides(tmp_path / "run", tmp_path, f"teacher.path={path}")))
-    assert nothing_written(tmp_path / "run")
-
-
-def test_teacher_folder_without_config_is_refused(tmp_path):
-    path = save_pretrained_atomic(tiny_unet_denoiser(), tmp_path / "teacher")
-    (path / "unet" / "config.json").unlink()
-    with pytest.raises(ConfigError, match=r"missing unet/config.json"):
+    (path / missing).unlink()
+    with pytest.raises(ConfigError, match=message):
         run(compose_config("train", tiny_overrides(tmp_path / "run", tmp_path, f"teacher.path={path}")))
     assert nothing_written(tmp_path / "run")
 

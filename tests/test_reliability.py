@@ -19,7 +19,7 @@ from distill.state import Counters, save_training_state
 from teachers.errors import TrainingStopped
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["debug=cpu_tiny", "deterministic=true", "train.log_every=1", "train.plot_every=1000"]
+TINY = ["experiment=toy_gmm", "debug=cpu_tiny", "deterministic=true", "train.log_every=1", "train.plot_every=1000"]
 
 
 def _nan_on_calls(monkeypatch, name, calls):

@@ -1,7 +1,7 @@
 """Samplers with the exact mixture denoiser reproduce the mixture."""
 import torch
 
-from eval.samplers import euler, heun, karras_sigmas, sampler_nfe
+from eval.samplers import dpmpp_2m, euler, heun, karras_sigmas, sampler_nfe
 from eval.toy_metrics import mode_shares
 from teachers.gmm import GMMDenoiser
 
@@ -39,7 +39,16 @@ def test_euler_one_step_is_far_from_the_mixture(ring4):
 
 
 def test_nfe_counts_match_network_calls(ring4):
-    for name, sampler in (("heun", heun), ("euler", euler)):
+    for name, sampler in (("heun", heun), ("euler", euler), ("dpmpp_2m", dpmpp_2m)):
         counter = CountingDenoiser(GMMDenoiser(ring4))
         sampler(counter, torch.randn(4, 2), karras_sigmas(10, 0.002, 80.0))
         assert counter.calls == sampler_nfe(name, 10)
+
+
+def test_dpmpp_2m_reaches_heuns_answer_with_fewer_evaluations(ring4):
+    """Same ODE: DPM-Solver++(2M) at 24 NFE lands where Heun at 63 NFE does, far closer than Euler at 24 NFE."""
+    denoiser, z = GMMDenoiser(ring4), torch.randn(2_000, 2)
+    reference = heun(denoiser, z, karras_sigmas(32, 0.002, 80.0))
+    err_dpm = (dpmpp_2m(denoiser, z, karras_sigmas(24, 0.002, 80.0)) - reference).norm(dim=1).median()
+    err_euler = (euler(denoiser, z, karras_sigmas(24, 0.002, 80.0)) - reference).norm(dim=1).median()
+    assert err_dpm < 0.02 and err_dpm < err_euler / 3

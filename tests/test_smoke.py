@@ -78,7 +78,7 @@ def test_two_process_run_with_torchrun(tmp_path):
     # DDP over gloo on the CPU: one teacher, one writer, both processes in step.
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "distill", "debug=cpu_tiny", f"hydra.run.dir={tmp_path}"],
+        [str(torchrun), "--nproc_per_node", "2", "-m", "distill", "experiment=toy_gmm", "debug=cpu_tiny", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_two_process_run_with_torchrun(tmp_path):
 
 
 def test_multirun_sweep_over_teachers_writes_one_run_each(tmp_path):
-    done = _cli("-m", "distill", "-m", "debug=cpu_tiny", "teacher=mlp,gmm_exact", f"hydra.sweep.dir={tmp_path}", cwd=REPO)
+    done = _cli("-m", "distill", "-m", "experiment=toy_gmm", "debug=cpu_tiny", "teacher=mlp,gmm_exact", f"hydra.sweep.dir={tmp_path}", cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     for job, real in (("0", "network"), ("1", "analytic")):
         assert f"real: {real}" in (tmp_path / job / "config.yaml").read_text()

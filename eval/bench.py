@@ -1,0 +1,52 @@
+"""Sampling throughput, student vs the teacher's samplers on the same batch:
+`python -m eval.bench TEACHER STUDENT [--samplers heun:18 euler:1] [--batch-size 256] [--repeats 3] [--out FILE]`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from eval.harness import student_sample_fn, teacher_sample_fns, timed_sampling
+from eval.images import draw_inputs
+from teachers.io import load_denoiser
+from teachers.zoo import resolve_model_path
+
+
+def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: int, device) -> dict[str, dict]:
+    """Best-of-repeats seconds per sample of each sampler on one seeded batch, and its throughput vs the student."""
+    fns = {**teacher_sample_fns(teacher, samplers), "student_nfe1": student_sample_fn(student)}
+    noise, cond = draw_inputs(batch_size, teacher.shape, getattr(teacher, "num_classes", None), seed=0)
+    noise, cond = noise.to(device), None if cond is None else cond.to(device)
+    seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
+    return {
+        label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": seconds[label] / seconds["student_nfe1"],
+                "speedup_over_nfe": seconds[label] / seconds["student_nfe1"] / fn.nfe, "batch_size": batch_size, "device": str(device)}
+        for label, fn in fns.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("teacher", help="teacher folder, zoo:<name> or hub id")
+    parser.add_argument("student", help="an exported student/ folder")
+    parser.add_argument("--samplers", nargs="+", default=["heun:18"], help="name:num_steps of the teacher's samplers")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as json here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
+    student = load_denoiser(args.student).to(device)
+    samplers = [{"name": s.split(":")[0], "num_steps": int(s.split(":")[1])} for s in args.samplers]
+    figures = benchmark(teacher, student, samplers, args.batch_size, args.repeats, device)
+    for label, entry in figures.items():
+        print(f"{label:24s} NFE {entry['nfe']:3d}  {1000 * entry['seconds_per_sample']:8.3f} ms/sample  "
+              f"student is {entry['student_speedup']:7.2f}x faster ({entry['speedup_over_nfe']:.2f} x NFE)")
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

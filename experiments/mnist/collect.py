@@ -1,0 +1,73 @@
+"""Write experiments/mnist/README.md's table (and copy the sample sheet) from the outputs of run.sh."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from eval.collect import markdown_table
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- table:start -->", "<!-- table:end -->"
+
+
+def rows_for(metrics: dict) -> list[dict]:
+    """One row per sampler, teacher by NFE then the student; FID ratios and speed against the full sampler."""
+    full = max((k for k in metrics if k.startswith("teacher_")), key=lambda k: metrics[k]["nfe"])
+    order = sorted(metrics, key=lambda k: (k.startswith("student"), metrics[k]["nfe"]))
+    rows = []
+    for label in order:
+        entry = metrics[label]
+        rows.append({
+            "sampler": label, "NFE": entry["nfe"], "FID": entry["fid"], "FID (torchmetrics)": entry.get("fid_torchmetrics"),
+            "FID / full teacher FID": entry["fid"] / metrics[full]["fid"], "FID vs full teacher": entry["fid_vs_teacher"],
+            "ms / sample": 1000 * entry["seconds_per_sample"],
+            "speedup vs full teacher": metrics[full]["seconds_per_sample"] / entry["seconds_per_sample"],
+        })
+    return rows
+
+
+def target_lines(metrics: dict, wall_file: Path) -> list[str]:
+    """The issue's targets, checked from the figures."""
+    full = max((k for k in metrics if k.startswith("teacher_")), key=lambda k: metrics[k]["nfe"])
+    student, teacher = metrics["student_nfe1"], metrics[full]
+    ratio = student["fid"] / teacher["fid"]
+    speed = teacher["seconds_per_sample"] / student["seconds_per_sample"]
+    lines = [
+        f"- student FID {student['fid']:.4g} = {ratio:.3g}x the full teacher's {teacher['fid']:.4g} "
+        f"({'met' if ratio <= 1.2 else 'NOT met'}, target <= 1.2x)",
+        f"- student throughput {speed:.3g}x the full teacher's ({teacher['nfe']} NFE); target >= 0.8 x {teacher['nfe']} = "
+        f"{0.8 * teacher['nfe']:.3g}x: {'met' if speed >= 0.8 * teacher['nfe'] else 'NOT met'}",
+    ]
+    if wall_file.is_file():
+        steps = json.loads((wall_file.parent / "train_log.jsonl").read_text().splitlines()[-1])["step"]
+        lines.append(f"- `python -m distill` wall time: {int(wall_file.read_text()) / 60:.1f} min for {steps} steps "
+                     "(its own 2,000-sample evaluation included; teacher ODE pairs are generated first unless the run dir has them); "
+                     "target: within 30 min")
+    return lines
+
+
+def main(out: Path) -> None:
+    """Rewrite the table between the markers of README.md; copy the teacher | student sheet."""
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    rows = rows_for(metrics)
+    columns = list(rows[0])
+    accuracy = next(iter(metrics.values())).get("classifier_test_accuracy")
+    body = "\n".join([
+        markdown_table(rows, columns), "",
+        f"{next(iter(metrics.values()))['num_samples']} samples per sampler, seed {next(iter(metrics.values()))['seed']}; "
+        f"features: {next(iter(metrics.values()))['feature_extractor']} (held-out accuracy {accuracy:.4g}); "
+        f"reference: {next(iter(metrics.values()))['reference']}.", "",
+        *target_lines(metrics, out / "distill" / "wall_seconds.txt"),
+    ])
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    readme.write_text(re.sub(f"{re.escape(START)}.*{re.escape(END)}", lambda _: f"{START}\n{body}\n{END}", text, flags=re.S))
+    shutil.copy(out / "eval" / "grids" / "teacher_student.png", HERE / "teacher_student.png")
+    print(body)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/mnist"))
