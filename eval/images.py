@@ -129,7 +129,7 @@ def evaluate_images(
     for label, sample_fn in sample_fns.items():
         x, seconds[label] = timed_sampling(sample_fn.fn, noise.to(device), eval_cfg.batch_size,
                                           None if cond is None else cond.to(device), desc=label)
-        samples[label] = x.float()
+        samples[label] = x.float().clamp(-1, 1)  # the images as saved: FID sees valid pixels, as in every FID protocol
         stats[label] = stats_of(extract(extractor.net, samples[label]))
         save_pngs(samples[label].cpu(), run_dir / "samples" / label)
     metrics = {}

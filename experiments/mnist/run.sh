@@ -13,4 +13,5 @@ echo $(( $(date +%s) - start )) > $OUT/distill/wall_seconds.txt  # distillation,
 $PY -m eval experiment=mnist student_path=$OUT/distill/student eval.num_samples=5000 \
   'eval.teacher_samplers=[{name: euler, num_steps: 1}, {name: euler, num_steps: 2}, {name: heun, num_steps: 2}, {name: heun, num_steps: 4}, {name: heun, num_steps: 8}, {name: heun, num_steps: 18}]' \
   hydra.run.dir=$OUT/eval
+$PY -m eval.bench zoo:mnist_uncond $OUT/distill/student --samplers heun:18 euler:1 --batch-size 500 --repeats 2 --out experiments/mnist/bench.json
 $PY experiments/mnist/collect.py "$OUT"
