@@ -10,7 +10,7 @@ from distill.tasks import ImageTask, ToyTask
 from eval.samplers import SAMPLERS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
-from teachers.io import check_teacher_folder, read_model_config
+from teachers.io import check_teacher_folder, is_hub_id, read_model_config
 from teachers.train import check_teacher_config
 
 REAL_SCORES = ("network", "analytic")
@@ -54,7 +54,7 @@ def check_image_teacher(teacher: DictConfig) -> None:
     path = teacher.path
     if path is None or str(path).startswith("zoo:"):
         return
-    if Path(path).exists() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
+    if not is_hub_id(path):
         check_teacher_folder(Path(path))
 
 

@@ -9,8 +9,7 @@ from accelerate import Accelerator
 from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
-from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
-from eval.images import evaluate_images, full_sampler_label
+from eval.run import evaluate_models
 from eval.plots import scatter_panels
 from teachers.data import check_fits, load_images
 from teachers.gmm import GaussianMixture, GMMDenoiser
@@ -62,8 +61,7 @@ class ToyTask:
         log_image(accelerator, path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
-        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
-        return evaluate_toy(sample_fns, self.mixture, run_dir, **cfg.eval)
+        return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture)
 
 
 class ImageTask:
@@ -89,8 +87,4 @@ class ImageTask:
         log_image(accelerator, path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
-        sample_fns = {**teacher_sample_fns(real, cfg.eval.teacher_samplers), "student_nfe1": student_sample_fn(student)}
-        return evaluate_images(
-            sample_fns, data_cfg=self.data_cfg, eval_cfg=cfg.eval, run_dir=run_dir, shape=student.shape,
-            num_classes=getattr(student, "num_classes", None), full_sampler=full_sampler_label(list(sample_fns)), device=device,
-        )
+        return evaluate_models(cfg, real, student, run_dir, device)

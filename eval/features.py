@@ -75,10 +75,11 @@ def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, 
     return model.eval().requires_grad_(False)
 
 
-def load_or_train_classifier(path: Path, train: tuple, test: tuple, fit: dict, seed: int) -> tuple[DomainClassifier, float]:
-    """The classifier in path, or one trained on the train split and saved there; and its test accuracy."""
+def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int) -> tuple[DomainClassifier, float]:
+    """The classifier in path, or one trained on load_split("train") and saved there; and its test accuracy."""
     path = Path(path)
     if not (path / ACCURACY_FILE).is_file():
+        train, test = load_split("train"), load_split("test")  # only read when there is something to train
         model = train_classifier(*train, seed=seed, **fit)
         acc = accuracy(model, *test)
 

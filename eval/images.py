@@ -37,8 +37,7 @@ def domain_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, float]:
     path = Path(eval_cfg.classifier_path) if eval_cfg.classifier_path else zoo_path(f"{data_cfg.name}_classifier")
     if path is None:
         path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier"
-    model, acc = load_or_train_classifier(path, load_images(data_cfg, "train"), load_images(data_cfg, "test"),
-                                          dict(eval_cfg.classifier_fit), seed)
+    model, acc = load_or_train_classifier(path, lambda part: load_images(data_cfg, part), dict(eval_cfg.classifier_fit), seed)
     digest = sha256_of(path / "diffusion_pytorch_model.safetensors")[:12]
     return Extractor(model, f"domain_classifier:{path.name}", f"domain-{digest}"), acc
 
@@ -125,10 +124,10 @@ def evaluate_images(
     else:
         reference = reference_stats(extractor, ref_images.to(device), data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
     noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
+    noise, cond = noise.to(device), None if cond is None else cond.to(device)
     samples, stats, seconds = {}, {}, {}
     for label, sample_fn in sample_fns.items():
-        x, seconds[label] = timed_sampling(sample_fn.fn, noise.to(device), eval_cfg.batch_size,
-                                          None if cond is None else cond.to(device), desc=label)
+        x, seconds[label] = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
         samples[label] = x.float().clamp(-1, 1)  # the images as saved: FID sees valid pixels, as in every FID protocol
         stats[label] = stats_of(extract(extractor.net, samples[label]))
         save_pngs(samples[label].cpu(), run_dir / "samples" / label)

@@ -46,10 +46,15 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    return evaluate_models(cfg, teacher, student, run_dir, device, mixture=None if image else mixture)
+
+
+def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mixture=None) -> dict:
+    """The teacher's samplers and, if given, the student on the same seeds: toy metrics with a mixture, else FID."""
     sample_fns = teacher_sample_fns(teacher, cfg.eval.teacher_samplers)
     if student is not None:
         sample_fns["student_nfe1"] = student_sample_fn(student)
-    if not image:
+    if mixture is not None:
         return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
     return evaluate_images(
         sample_fns, data_cfg=cfg.data, eval_cfg=cfg.eval, run_dir=run_dir, shape=teacher.shape,

@@ -95,13 +95,18 @@ def load_model(path: Path):
     return model
 
 
+def is_hub_id(path: str | Path) -> bool:
+    """`owner/name` that is not a local path: a hub id (loading it needs network)."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
+
+
 def load_denoiser(path: str | Path):
     """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only.
 
     A string that is not a local folder but looks like `owner/name` is a hub id (network needed)."""
-    path_str = str(path)
-    if not Path(path_str).exists() and path_str.count("/") == 1 and not path_str.startswith((".", "/")):
-        return UNetDenoiser.from_pretrained(path_str).eval().requires_grad_(False)
+    if is_hub_id(path):
+        return UNetDenoiser.from_pretrained(str(path)).eval().requires_grad_(False)
     path = Path(path)
     check_teacher_folder(path)
     if not is_pipeline(path):
