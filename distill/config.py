@@ -60,8 +60,13 @@ def check_image_teacher(teacher: DictConfig) -> None:
 
 def check_loss(loss: DictConfig) -> None:
     """Weights, distance and sigma range of the distillation losses."""
-    for key in ("dmd_weight", "regression_weight", "fake_weight"):
-        _require(loss[key] >= 0, f"loss.{key}={loss[key]}; it must be >= 0")
+    for key in ("dmd_weight", "regression_weight", "fake_weight", "gan_generator_weight", "gan_discriminator_weight"):
+        _require(isinstance(loss[key], (int, float)) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0")
+    _require(
+        (loss.gan_generator_weight > 0) == (loss.gan_discriminator_weight > 0),
+        f"loss.gan_generator_weight={loss.gan_generator_weight}, loss.gan_discriminator_weight={loss.gan_discriminator_weight}; "
+        "the GAN needs both > 0 (the student learns from the classifier the discriminator loss trains) or both 0",
+    )
     _require(isinstance(loss.guidance_scale, (int, float)) and loss.guidance_scale >= 0,
              f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
     _require(loss.dmd_weight > 0 or loss.regression_weight > 0, "loss.dmd_weight and loss.regression_weight are both 0; at least one must be > 0")
@@ -76,9 +81,25 @@ def check_loss(loss: DictConfig) -> None:
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
 
 
+def check_student(student: DictConfig) -> None:
+    """One step with sigmas null (= [sigma_max]), or k steps on a fixed, decreasing, positive sigma list of length k."""
+    k, sigmas = student.num_steps, student.sigmas
+    _require(_is_int(k) and k >= 1, f"student.num_steps={k}; it must be an integer >= 1 (DMD2 uses 1, 2 or 4)")
+    if sigmas is None:
+        _require(k == 1, f"student.num_steps={k} needs a sigma list: set student.sigmas to {k} decreasing noise levels "
+                         "(e.g. student=four_step), the first being the input noise level")
+        return
+    values = list(sigmas)
+    _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+             f"student.sigmas={values}; it must be a list of numbers")
+    _require(len(values) == k, f"student.sigmas={values} has {len(values)} entries but student.num_steps={k}")
+    _require(all(v > 0 for v in values), f"student.sigmas={values}; every sigma must be > 0")
+    _require(all(a > b for a, b in zip(values, values[1:])), f"student.sigmas={values}; it must be strictly decreasing")
+
+
 def check_train(train: DictConfig, student: DictConfig) -> None:
-    """Step counts, batch sizes, clipping and EMA."""
-    _require(student.num_steps == 1, f"student.num_steps={student.num_steps}; only 1 (one-step students) is supported")
+    """Step counts, batch sizes, clipping and EMA; the student's steps."""
+    check_student(student)
     _require(_is_int(train.max_steps) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
     for key in POSITIVE_INT_TRAIN_KEYS:
         _require(_is_int(train[key]), f"train.{key}={train[key]}; it must be an integer")

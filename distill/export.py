@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 from diffusers.training_utils import EMAModel
 
-from teachers.io import save_pretrained_atomic
+from eval.harness import STUDENT_FILE
+from teachers.io import write_folder_atomic
 
 
 def student_weights(student, ema: EMAModel | None):
@@ -17,6 +19,14 @@ def student_weights(student, ema: EMAModel | None):
     return export
 
 
-def export_student(student, ema: EMAModel | None, path: Path) -> Path:
-    """The student's (EMA) weights, saved atomically with save_pretrained."""
-    return save_pretrained_atomic(student_weights(student, ema), path)
+def export_student(student, ema: EMAModel | None, path: Path, sigmas: list[float] | None = None) -> Path:
+    """The student's (EMA) weights, saved atomically with save_pretrained; a multi-step student's sigma list
+    goes beside them in student.json, so `python -m eval` samples it the way it was trained."""
+    model = student_weights(student, ema)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if sigmas is not None and len(sigmas) > 1:
+            (Path(tmp) / STUDENT_FILE).write_text(json.dumps({"sigmas": [float(s) for s in sigmas]}) + "\n")
+
+    return write_folder_atomic(path, write)

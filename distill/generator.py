@@ -1,4 +1,4 @@
-"""The student G: a trainable copy of the teacher denoiser, used at sigma_max (one step)."""
+"""The student G: a trainable copy of the teacher denoiser, used on a fixed sigma list (one step by default)."""
 from __future__ import annotations
 
 import copy
@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from eval.samplers import one_step
+from eval.samplers import multistep_student, one_step
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:
@@ -14,13 +14,44 @@ def trainable_copy(network: nn.Module) -> nn.Module:
     return copy.deepcopy(network).train().requires_grad_(True)
 
 
-class OneStepGenerator(nn.Module):
-    """G(z, cond) = D_student(sigma_max z, sigma_max, cond); z ~ N(0, I) of the data shape."""
+class StudentGenerator(nn.Module):
+    """G(z, cond) on sigmas s_0 > ... > s_{k-1} (default: [sigma_max], the one-step student of DMD).
 
-    def __init__(self, denoiser: nn.Module):
+    One step: G(z) = D_student(s_0 z, s_0). k steps (DMD2 sec. 4.5): in training each sample picks a step i
+    uniformly and its input x_{s_i} comes from the student's own earlier steps under no_grad (backward
+    simulation), so only D_student(x_{s_i}, s_i) carries a gradient. `sample` runs all k steps.
+    """
+
+    def __init__(self, denoiser: nn.Module, sigmas: list[float] | None = None):
         super().__init__()
         self.denoiser = denoiser
-        self.sigma_max = float(denoiser.sigma_max)  # a plain float, not a buffer: DDP broadcasts buffers
+        # plain floats, not buffers: DDP broadcasts buffers
+        self.sigmas = [float(denoiser.sigma_max)] if sigmas is None else [float(s) for s in sigmas]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas)
 
     def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
-        return one_step(self.denoiser, z, z.new_tensor([self.sigma_max, 0.0]), cond)
+        if self.num_steps == 1:
+            return one_step(self.denoiser, z, z.new_tensor([self.sigmas[0], 0.0]), cond)
+        step = torch.randint(self.num_steps, (z.shape[0],), device=z.device)
+        x_t, sigma = self.backward_simulation(z, step, cond)
+        return self.denoiser(x_t, sigma, cond)
+
+    @torch.no_grad()
+    def backward_simulation(self, z: torch.Tensor, step: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's input at its step i: the student's own steps 0..i-1 from s_0 z, re-noised to s_i."""
+        sigmas = z.new_tensor(self.sigmas)
+        x_t = z * sigmas[0]
+        inputs = x_t.clone()
+        for j in range(1, int(step.max()) + 1):
+            x0 = self.denoiser(x_t, sigmas[j - 1].expand(z.shape[0]), cond)
+            x_t = x0 + sigmas[j] * torch.randn_like(x0)
+            inputs[step == j] = x_t[step == j]
+        return inputs, sigmas[step]
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """All k steps from noise z: the student's sampler (what evaluation measures)."""
+        return multistep_student(self.denoiser, z, z.new_tensor(self.sigmas), cond, generator)

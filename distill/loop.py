@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
 from distill.export import export_student
-from distill.generator import OneStepGenerator, trainable_copy
+from distill.gan import Critic, build_head
+from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.pairs import generate_pairs, load_pairs
 from distill.tasks import PLOT_SAMPLES
@@ -59,20 +60,30 @@ def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
 
 
-def build_state(teacher, optim: DictConfig, ema_decay: float | None) -> TrainState:
-    """Student and fake score as trainable copies of the teacher, their optimizers, the student EMA."""
+def uses_gan(loss: DictConfig) -> bool:
+    return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
+
+
+def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0) -> TrainState:
+    """Student and fake score as trainable copies of the teacher, the GAN head on the fake score's bottleneck
+    (DMD2), their optimizers (the head trains with the fake score, as in DMD2), the student EMA."""
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
+        head = build_head(fake).train() if gan else None
+    fake_params = [*fake.parameters(), *(head.parameters() if head is not None else [])]
     return TrainState(
         student=student,
         fake_score=fake,
         student_optimizer=make_optimizer(student.parameters(), optim.student_lr, optim),
-        fake_optimizer=make_optimizer(fake.parameters(), optim.fake_lr, optim),
+        fake_optimizer=make_optimizer(fake_params, optim.fake_lr, optim),
         ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
+        gan_head=head,
     )
 
 
 def regression_batch(pairs, batch_size: int, device):
-    """A random batch of stored teacher ODE pairs (z_ref, y_ref[, label]), or None without pairs."""
+    """A random batch of stored tensors (teacher ODE pairs (z_ref, y_ref[, label]), or real images[, labels])."""
     if pairs is None:
         return None
     idx = torch.randint(len(pairs[0]), (batch_size,), device=device)
@@ -86,7 +97,7 @@ def is_due(done: int, every: int, last: int) -> bool:
 
 def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, device) -> dict:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
-    export_student(state.student, state.ema, run_dir / "student")
+    export_student(state.student, state.ema, run_dir / "student", cfg.student.sigmas)
     student = load_denoiser(run_dir / "student").to(device)
     return task.evaluate(cfg, student, real, run_dir, device)
 
@@ -97,8 +108,10 @@ class StepContext:
 
     accelerator: Accelerator
     generator: torch.nn.Module
-    fake_score: torch.nn.Module
+    fake_score: torch.nn.Module  # the (DDP-prepared) Critic: D_fake and, with the GAN, its head
+    critic: torch.nn.Module  # the same Critic unwrapped, for the student's GAN loss (no DDP hooks)
     real: object
+    real_data: tuple[torch.Tensor, ...] | None  # images[, labels] for the GAN's real side
     student_optimizer: torch.optim.Optimizer
     fake_optimizer: torch.optim.Optimizer
     pairs: tuple[torch.Tensor, ...] | None
@@ -121,13 +134,15 @@ class StepContext:
 
 def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, float]:
     """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them."""
-    logs, train, step = {}, ctx.train, counters.step + 1
-    if ctx.loss.dmd_weight > 0:
+    logs, train, loss, step, n = {}, ctx.train, ctx.loss, counters.step + 1, ctx.train.batch_size
+    if loss.dmd_weight > 0 or uses_gan(loss):
         for _ in range(train.num_fake_steps_per_student_step):
             logs |= fake_step(
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
-                z=ctx.draw_z(train.batch_size), sigma=ctx.sample_sigma(train.batch_size), sigma_data=ctx.sigma_data,
-                fake_weight=ctx.loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(train.batch_size),
+                z=ctx.draw_z(n), sigma=ctx.sample_sigma(n), sigma_data=ctx.sigma_data,
+                fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(n),
+                real_batch=regression_batch(ctx.real_data, n, ctx.accelerator.device), real_sigma=ctx.sample_sigma(n),
+                gan_weight=loss.gan_discriminator_weight,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
@@ -137,7 +152,8 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
         optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-        cond=ctx.draw_cond(train.batch_size),
+        cond=ctx.draw_cond(train.batch_size), critic=ctx.critic, gan_sigma=ctx.sample_sigma(n),
+        gan_weight=loss.gan_generator_weight,
     )
     guard.record("student", logs["skipped/student"] > 0, step)
     counters.step, counters.student_updates, counters.skipped = step, counters.student_updates + 1, guard.skipped
@@ -177,12 +193,14 @@ def run(cfg: DictConfig) -> dict:
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
     if cfg.loss.guidance_scale != 1:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
+    state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed)  # fails early
     pairs = setup_pairs(cfg, real if cfg.loss.guidance_scale != 1 else teacher, run_dir, accelerator)
-    state = build_state(teacher, cfg.optim, cfg.train.ema_decay)
+    real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
-    plain_generator = OneStepGenerator(state.student)  # for main-process-only plots: no DDP collectives
-    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, state.fake_score, state.student_optimizer, state.fake_optimizer)
+    plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
+    critic = Critic(state.fake_score, state.gan_head)
+    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)
     accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
@@ -190,7 +208,8 @@ def run(cfg: DictConfig) -> dict:
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
 
     ctx = StepContext(
-        accelerator=accelerator, generator=generator, fake_score=fake_ddp, real=real, student_optimizer=opt_g,
+        accelerator=accelerator, generator=generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
+        student_optimizer=opt_g,
         fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
         num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,
     )

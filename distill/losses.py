@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from teachers.loss import edm_denoising_loss
 
 DMD_NORMALIZER_EPS = 1e-8
 
@@ -29,10 +28,3 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, distance: str, pse
         # sqrt(||d||^2 + c^2) - c, robust to outliers (Song & Dhariwal 2023).
         return (err2 + pseudo_huber_c**2).sqrt() - pseudo_huber_c
     raise ValueError(f"unknown regression distance '{distance}'; allowed: l2, pseudo_huber")
-
-
-def fake_score_loss(
-    fake_score, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, *, sigma_data: float, cond=None
-) -> torch.Tensor:
-    """EDM-weighted denoising loss of D_fake on stopgrad(student samples): it learns the student's score."""
-    return edm_denoising_loss(fake_score, x.detach(), sigma, noise, sigma_data=sigma_data, cond=cond)

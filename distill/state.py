@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
-from distill.checkpoint import flatten_optimizer_state, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
+from distill.checkpoint import CorruptCheckpoint, flatten_optimizer_state, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
 from distill.guard import EXIT_NON_FINITE
 from distill.rng import rng_state, set_rng_state
 from teachers.errors import TrainingStopped
@@ -29,7 +29,7 @@ class Counters:
 
 @dataclass
 class TrainState:
-    """The networks, optimizers and EMA of a run; the checkpoint holds all of them, the counters,
+    """The networks (and GAN head), optimizers and EMA of a run; the checkpoint holds all of them, the counters,
     every process's RNG and (with fp16) the grad scaler."""
 
     student: torch.nn.Module
@@ -37,6 +37,7 @@ class TrainState:
     student_optimizer: torch.optim.Optimizer
     fake_optimizer: torch.optim.Optimizer
     ema: EMAModel | None
+    gan_head: torch.nn.Module | None = None  # DMD2's classifier on D_fake's bottleneck; trained by fake_optimizer
 
     def tensors_and_json(self, counters: Counters, scaler=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Everything the main process saves: tensors for safetensors files, the rest as json."""
@@ -50,6 +51,8 @@ class TrainState:
         }
         state = {"counters": vars(counters), "student_optimizer": rest_g, "fake_optimizer": rest_f}
         state["data_position"] = "regression batches are drawn with the torch RNG, saved per process in rng-<rank>"
+        if self.gan_head is not None:
+            tensors["gan_head"] = self.gan_head.state_dict()
         if self.ema is not None:
             ema_state = self.ema.state_dict()
             tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
@@ -60,13 +63,18 @@ class TrainState:
 
     def weights_finite(self) -> bool:
         """True when no weight of the student, fake score or EMA is NaN or infinite."""
-        tensors = [*self.student.parameters(), *self.fake_score.parameters(), *(self.ema.shadow_params if self.ema else [])]
+        head = [*self.gan_head.parameters()] if self.gan_head is not None else []
+        tensors = [*self.student.parameters(), *self.fake_score.parameters(), *head, *(self.ema.shadow_params if self.ema else [])]
         return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     def restore(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict, rank: int, scaler=None) -> Counters:
         """Put a loaded checkpoint back (this process's RNG included); returns its counters."""
         self.student.load_state_dict(tensors["student"])
         self.fake_score.load_state_dict(tensors["fake_score"])
+        if self.gan_head is not None:
+            if "gan_head" not in tensors:
+                raise CorruptCheckpoint("it has no GAN head, but this run has one (loss.gan_*_weight > 0); resume with the GAN off")
+            self.gan_head.load_state_dict(tensors["gan_head"])
         self.student_optimizer.load_state_dict(unflatten_optimizer_state(tensors["student_optimizer"], state["student_optimizer"]))
         self.fake_optimizer.load_state_dict(unflatten_optimizer_state(tensors["fake_optimizer"], state["fake_optimizer"]))
         if self.ema is not None:

@@ -7,7 +7,10 @@ import torch
 from accelerate import Accelerator
 
 from distill.guard import any_process
-from distill.losses import dmd_gradient, dmd_loss, fake_score_loss, regression_loss
+from distill.gan import discriminator_loss, frozen, generator_loss
+from distill.losses import dmd_gradient, dmd_loss, regression_loss
+from teachers.base import expand_sigma
+from teachers.loss import edm_weighted_error
 
 
 def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> tuple[float, bool]:
@@ -46,13 +49,36 @@ def fake_step(
     fake_weight: float,
     grad_clip: float | None,
     cond: torch.Tensor | None = None,
+    real_batch: tuple[torch.Tensor, ...] | None = None,
+    real_sigma: torch.Tensor | None = None,
+    gan_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Train D_fake to denoise fresh student samples (of the same class labels, when conditional)."""
+    """Train D_fake to denoise fresh student samples (of the same class labels, when conditional).
+
+    With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies the noised
+    student samples against real images (x_real[, labels]) noised to real_sigma; the classifier loss
+    trains the head and the fake score's backbone."""
     with torch.no_grad():
         x = generator(z, cond)
-    loss = fake_score_loss(fake_score, x, sigma, torch.randn_like(x), sigma_data=sigma_data, cond=cond).mean()
-    grad_norm, skipped = apply_update(accelerator, fake_weight * loss, fake_score, optimizer, grad_clip)
-    return {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
+    noise = torch.randn_like(x)
+    x_t = x + expand_sigma(sigma, x) * noise
+    logs = {}
+    if gan_weight > 0:
+        x_real, *cond_real = real_batch
+        x_real_t = x_real + expand_sigma(real_sigma, x_real) * torch.randn_like(x_real)
+        cond_all = torch.cat([cond, *cond_real]) if cond is not None else None
+        # One forward over student and real inputs: DDP allows one forward per backward.
+        x0_all, logits = fake_score(torch.cat([x_t, x_real_t]), torch.cat([sigma, real_sigma]), cond_all, with_logits=True)
+        x0 = x0_all[: len(x)]
+        loss_gan = discriminator_loss(logits[len(x) :], logits[: len(x)]).mean()
+        logs["loss/gan_discriminator"] = loss_gan.item()
+        logs["gan/real_accuracy"] = (logits[len(x) :] > 0).float().mean().item()
+        logs["gan/fake_accuracy"] = (logits[: len(x)] < 0).float().mean().item()
+    else:
+        x0, loss_gan = fake_score(x_t, sigma, cond), 0.0
+    loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()
+    grad_norm, skipped = apply_update(accelerator, fake_weight * loss + gan_weight * loss_gan, fake_score, optimizer, grad_clip)
+    return logs | {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
 
 def student_step(
@@ -71,8 +97,12 @@ def student_step(
     pseudo_huber_c: float,
     grad_clip: float | None,
     cond: torch.Tensor | None = None,
+    critic=None,
+    gan_sigma: torch.Tensor | None = None,
+    gan_weight: float = 0.0,
 ) -> dict[str, float]:
-    """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured."""
+    """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
+    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma."""
     # One generator call for both batches: DDP allows one forward per backward.
     z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
     if dmd_weight == 0:
@@ -86,6 +116,12 @@ def student_step(
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.item()
+    if gan_weight > 0:
+        with frozen(critic):
+            _, logits = critic(x + expand_sigma(gan_sigma, x) * torch.randn_like(x), gan_sigma, cond, with_logits=True)
+        loss_gan = generator_loss(logits).mean()
+        total = total + gan_weight * loss_gan
+        logs["loss/gan_generator"] = loss_gan.item()
     if regression_weight > 0:
         loss_reg = regression_loss(x_ref, y_ref, regression_distance, pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg

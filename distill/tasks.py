@@ -18,12 +18,18 @@ from teachers.train import train_image_teacher, train_teacher
 from teachers.zoo import resolve_model_path
 
 PLOT_SAMPLES = {"toy": 2000, "image": 64}
+REAL_TOY_SAMPLES = 10_000  # mixture draws that stand for the data set in the toy GAN
 
 
 def log_image(accelerator: Accelerator, path: Path, step: int) -> None:
     """A PNG sheet to tensorboard as well."""
     tracker = accelerator.get_tracker("tensorboard")
     tracker.log_images({"student_samples": matplotlib.image.imread(path)[..., :3]}, step=step, dataformats="HWC")
+
+
+def plot_generator(z: torch.Tensor) -> torch.Generator:
+    """Fixed re-noising for multi-step students' progress sheets, apart from the training RNG."""
+    return torch.Generator(device=z.device).manual_seed(0)
 
 
 def teacher_path(cfg: DictConfig, run_dir: Path) -> Path | str:
@@ -55,13 +61,18 @@ class ToyTask:
     def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
         """Scatter sheet of data and student samples from fixed noise."""
         with torch.no_grad():
-            x = generator(z_plot).float().cpu().numpy()
+            x = generator.sample(z_plot, None, plot_generator(z_plot)).float().cpu().numpy()
         ref = self.mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
         scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
         log_image(accelerator, path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
         return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture)
+
+    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor]:
+        """(samples,) of the mixture for the GAN's real side (REAL_TOY_SAMPLES, fixed seed)."""
+        x = self.mixture.sample(REAL_TOY_SAMPLES, generator=torch.Generator().manual_seed(cfg.seed))
+        return (x.to(device),)
 
 
 class ImageTask:
@@ -81,10 +92,15 @@ class ImageTask:
     def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
         """An 8x8 sheet of student samples from fixed noise (and labels)."""
         with torch.no_grad():
-            x = generator(z_plot, cond_plot).float().cpu()
+            x = generator.sample(z_plot, cond_plot, plot_generator(z_plot)).float().cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(make_grid((x.clamp(-1, 1) + 1) / 2, nrow=8, pad_value=1.0), path)
         log_image(accelerator, path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
         return evaluate_models(cfg, real, student, run_dir, device)
+
+    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
+        """(images[, labels]) of the training split for the GAN's real side; labels for class-conditional teachers."""
+        images, labels = load_images(self.data_cfg, "train")
+        return (images.to(device), labels.to(device)) if getattr(teacher, "num_classes", None) else (images.to(device),)

@@ -1,8 +1,14 @@
-"""Collect runs' metrics.json files into a markdown table: `python -m eval.collect ROOT [--out FILE]`."""
+"""Collect a sweep's metrics.json files into a markdown table (and a plot):
+
+    python -m eval.collect ROOT [--keys KEY ...] [--figures FIG ...] [--out FILE] [--plot KEY:FIG --plot-out PNG]
+
+KEY is a dotted config key (loss.guidance_scale) or a command-line override of the run (experiment).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -10,14 +16,35 @@ from omegaconf import OmegaConf
 DEFAULT_FIGURES = ("nfe", "fd", "mmd", "mode_recall", "mode_weight_error", "off_mode_share")
 
 
+def natural_key(path: Path) -> list:
+    """Sort hydra job folders 0, 1, ..., 10 by number, not as text."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """The run's command-line overrides (hydra's .hydra/overrides.yaml) as {key: value}."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    items = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else []
+    return dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
+
+
 def load_runs(root: Path) -> list[dict]:
-    """Every run under root that has a metrics.json: {'run', 'config', 'metrics'}, sorted by path."""
+    """Every run under root that has a metrics.json: {'run', 'config', 'overrides', 'metrics'}, in natural order."""
     runs = []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.rglob("metrics.json"), key=natural_key):
         cfg_path = path.parent / "config.yaml"
         config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.exists() else {}
-        runs.append({"run": path.parent.relative_to(root).as_posix(), "config": config, "metrics": json.loads(path.read_text())})
+        runs.append({
+            "run": path.parent.relative_to(root).as_posix(), "config": config,
+            "overrides": read_overrides(path.parent), "metrics": json.loads(path.read_text()),
+        })
     return runs
+
+
+def run_value(run: dict, key: str):
+    """The config value, else the run's command-line override (e.g. experiment, which leaves no config key)."""
+    value = config_value(run["config"], key)
+    return run.get("overrides", {}).get(key) if value is None else value
 
 
 def config_value(config: dict, dotted: str):
@@ -49,9 +76,43 @@ def sampler_rows(runs: list[dict], keys: list[str], figures: list[str], samplers
     for run in runs:
         for sampler, entry in run["metrics"].items():
             if samplers is None or sampler in samplers:
-                row = {"run": run["run"], "sampler": sampler, **{k: config_value(run["config"], k) for k in keys}}
+                row = {"run": run["run"], "sampler": sampler, **{k: run_value(run, k) for k in keys}}
                 rows.append(row | {f: entry.get(f) for f in figures})
     return rows
+
+
+def plot_rows(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
+    """FIG against KEY, one line per sampler (a text KEY, e.g. experiment, gives one tick per value in order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    labels = list(dict.fromkeys(str(r[x_key]) for r in rows))
+    numeric = all(isinstance(r[x_key], (int, float)) for r in rows)
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        points = [(r[x_key] if numeric else labels.index(str(r[x_key])), r[y_key]) for r in rows
+                  if r["sampler"] == sampler and r[y_key] is not None]
+        ax.plot(*zip(*sorted(points)), marker="o", label=sampler)
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_plot(spec: str, keys: list[str], figures: list[str]) -> tuple[str, str]:
+    """KEY:FIG, both among the table's --keys and --figures."""
+    x_key, _, y_key = spec.partition(":")
+    if x_key not in keys or y_key not in figures:
+        raise ValueError(f"--plot {spec}: need KEY:FIG with KEY in --keys {keys} and FIG in --figures {figures}")
+    return x_key, y_key
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,13 +123,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", nargs="*", default=list(DEFAULT_FIGURES), help="metrics.json fields to show")
     parser.add_argument("--samplers", nargs="*", default=None, help="only these metrics.json entries")
     parser.add_argument("--out", type=Path, default=None, help="write the table here instead of printing it")
+    parser.add_argument("--plot", default=None, help="KEY:FIG, e.g. loss.guidance_scale:fid (a key of --keys, a figure of --figures)")
+    parser.add_argument("--plot-out", type=Path, default=None, help="the plot's PNG (default: ROOT/<FIG>_vs_<KEY>.png)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         parser.error(f"ROOT={args.root} is not a folder")
     runs = load_runs(args.root)
     if not runs:
         parser.error(f"no metrics.json under {args.root}")
-    table = markdown_table(sampler_rows(runs, args.keys, args.figures, args.samplers), ["run", "sampler", *args.keys, *args.figures])
+    rows = sampler_rows(runs, args.keys, args.figures, args.samplers)
+    table = markdown_table(rows, ["run", "sampler", *args.keys, *args.figures])
+    if args.plot:
+        try:
+            x_key, y_key = parse_plot(args.plot, args.keys, args.figures)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"wrote {plot_rows(rows, x_key, y_key, args.plot_out or args.root / f'{y_key}_vs_{x_key}.png')}")
     if args.out:
         args.out.write_text(table)
     else:

@@ -13,9 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.plots import scatter_panels
-from eval.samplers import get_sampler, karras_sigmas, one_step, sampler_nfe
+from eval.samplers import get_sampler, karras_sigmas, multistep_student, one_step, sampler_nfe
 from eval.toy_metrics import toy_metrics
 from teachers.gmm import GaussianMixture
+
+
+STUDENT_FILE = "student.json"  # {"sigmas": [...]} for multi-step students
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,32 @@ def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
     return out
 
 
-def student_sample_fn(student) -> SampleFn:
-    """The one-step student: D_student(sigma_max z, sigma_max)."""
-    sigmas = torch.tensor([student.sigma_max, 0.0])
-    return SampleFn(1, lambda z, c=None: one_step(student, z, sigmas, c))
+def student_sample_fn(student, sigmas: list[float] | None = None, seed: int = 0) -> SampleFn:
+    """The student: one step D_student(sigma_max z, sigma_max), or k steps on its sigma list.
+
+    A k-step student's re-noising draws from one generator seeded once, so batches in order are reproducible."""
+    if sigmas is None or len(sigmas) == 1:
+        one = torch.tensor([student.sigma_max if sigmas is None else sigmas[0], 0.0])
+        return SampleFn(1, lambda z, c=None: one_step(student, z, one.to(z.device), c))
+    steps, state = torch.tensor(sigmas, dtype=torch.float32), {}
+
+    def sample(z, c=None):
+        if "gen" not in state:
+            state["gen"] = torch.Generator(device=z.device).manual_seed(seed)
+        return multistep_student(student, z, steps.to(z.device), c, state["gen"])
+
+    return SampleFn(len(sigmas), sample)
+
+
+def student_label(nfe: int) -> str:
+    """metrics.json entry of a student: student_nfe<k>."""
+    return f"student_nfe{nfe}"
+
+
+def read_student_sigmas(path) -> list[float] | None:
+    """The sigma list a multi-step student was trained on (student.json beside its weights), or None for one step."""
+    file = Path(path) / STUDENT_FILE
+    return json.loads(file.read_text())["sigmas"] if file.is_file() else None
 
 
 def timed_sampling(fn, noise: torch.Tensor, batch_size: int, cond: torch.Tensor | None = None, desc: str = "") -> tuple[torch.Tensor, float]:

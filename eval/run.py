@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.harness import evaluate_toy, student_sample_fn, teacher_sample_fns
+from eval.harness import evaluate_toy, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
 from eval.images import evaluate_images, full_sampler_label
 from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
@@ -25,6 +25,13 @@ def load_models(cfg: DictConfig):
         teacher = load_denoiser(resolve_model_path(cfg.teacher.path))
     student = load_denoiser(cfg.student_path) if cfg.student_path else None
     return teacher, student
+
+
+def student_sigmas(cfg: DictConfig) -> list[float] | None:
+    """A distillation run's student sigma list (student.sigmas), or the one stored with an exported student."""
+    if "student" in cfg and cfg.student.get("sigmas") is not None:
+        return list(cfg.student.sigmas)
+    return read_student_sigmas(cfg.student_path) if cfg.get("student_path") else None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -53,7 +60,8 @@ def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mi
     """The teacher's samplers and, if given, the student on the same seeds: toy metrics with a mixture, else FID."""
     sample_fns = teacher_sample_fns(teacher, cfg.eval.teacher_samplers)
     if student is not None:
-        sample_fns["student_nfe1"] = student_sample_fn(student)
+        sample_fn = student_sample_fn(student, student_sigmas(cfg), seed=cfg.eval.seed)
+        sample_fns[student_label(sample_fn.nfe)] = sample_fn
     if mixture is not None:
         return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
     return evaluate_images(

@@ -89,3 +89,16 @@ def one_step(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> 
 
     Not under no_grad: the training step differentiates through it."""
     return denoiser(noise * sigmas[0], sigmas[0].expand(noise.shape[0]), cond)
+
+
+def multistep_student(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
+    """A k-step student on its fixed sigma list (DMD2 sec. 4.5): x0 = D(x, s_j), then re-noise to s_{j+1}. NFE = k.
+
+    sigmas: (k,) decreasing, sigmas[0] the noise level of the input; fresh noise comes from `generator`."""
+    x = noise * sigmas[0]
+    for j in range(len(sigmas)):
+        x0 = denoiser(x, sigmas[j].expand(noise.shape[0]), cond)
+        if j + 1 < len(sigmas):
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            x = x0 + sigmas[j + 1] * eps
+    return x0

@@ -13,5 +13,9 @@ def edm_denoising_loss(
 
     sigma_data is passed in because the denoiser may be wrapped (DDP) and hide its attributes."""
     x_t = x0 + expand_sigma(sigma, x0) * noise
-    err2 = (denoiser(x_t, sigma, cond) - x0) ** 2
-    return edm_loss_weight(sigma, sigma_data) * err2.flatten(1).mean(1)
+    return edm_weighted_error(denoiser(x_t, sigma, cond), x0, sigma, sigma_data)
+
+
+def edm_weighted_error(x0_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """Per-sample lambda(sigma) * mean ||x0_pred - x0||^2 (EDM eq. 8 weighting); shape (B,)."""
+    return edm_loss_weight(sigma, sigma_data) * ((x0_pred - x0) ** 2).flatten(1).mean(1)

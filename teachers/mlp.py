@@ -55,6 +55,11 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
     def shape(self) -> tuple[int, ...]:
         return (self.config.dim,)
 
+    @property
+    def bottleneck(self) -> nn.Module:
+        """The module whose output is the last hidden features (B, hidden_dim): where a GAN head reads."""
+        return self.out[0]
+
     def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """F_theta: the unpreconditioned network."""
         h = self.inp(x_in) + self.emb(sinusoidal_embedding(c_noise, self.emb_dim))

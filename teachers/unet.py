@@ -90,6 +90,11 @@ class UNetDenoiser(nn.Module):
         n = self.unet.config.num_class_embeds
         return None if n is None else n - (self.null_class is not None)
 
+    @property
+    def bottleneck(self) -> nn.Module | None:
+        """The module whose output is the UNet's bottleneck features (the mid block; DMD2's GAN head reads it)."""
+        return self.unet.mid_block
+
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         sigma = expand_sigma(sigma, x)
         x_vp = x * (1 + sigma**2).rsqrt()  # VP models see x / sqrt(1 + sigma^2)

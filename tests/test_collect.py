@@ -24,3 +24,33 @@ def test_collect_writes_the_expected_table(tmp_path):
         "| 0 | student_nfe1 | 0.0001 | 1 | 0.1235 |\n"
         "| 1 | student_nfe1 | 0.001 | 1 | 2 |\n"
     )
+
+
+def _image_run(path, experiment, scale, fid):
+    path.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"loss": {"guidance_scale": scale}}), path / "config.yaml")
+    (path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create([f"experiment={experiment}", f"loss.guidance_scale={scale}"]), path / ".hydra" / "overrides.yaml")
+    entries = {"student_nfe1": {"nfe": 1, "fid": fid}, "teacher_heun_nfe35": {"nfe": 35, "fid": 5.0}}
+    (path / "metrics.json").write_text(json.dumps(entries))
+
+
+def test_collect_reads_overrides_sorts_jobs_by_number_and_plots(tmp_path):
+    for job in range(11):
+        _image_run(tmp_path / "sweep" / str(job), f"exp{job}", float(job), 10.0 + job)
+    out, png = tmp_path / "table.md", tmp_path / "fid.png"
+    main([str(tmp_path / "sweep"), "--keys", "experiment", "loss.guidance_scale", "--figures", "fid", "--samplers", "student_nfe1",
+          "--out", str(out), "--plot", "loss.guidance_scale:fid", "--plot-out", str(png)])
+    lines = out.read_text().splitlines()
+    assert lines[2] == "| 0 | student_nfe1 | exp0 | 0 | 10 |"
+    assert lines[-1] == "| 10 | student_nfe1 | exp10 | 10 | 20 |"  # after 9, not after 1
+    assert len(lines) == 13 and png.stat().st_size > 0
+
+
+def test_collect_rejects_a_plot_of_an_unlisted_key(tmp_path, capsys):
+    import pytest
+
+    _image_run(tmp_path / "sweep" / "0", "exp", 1.0, 3.0)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "sweep"), "--keys", "experiment", "--figures", "fid", "--plot", "loss.guidance_scale:fid"])
+    assert "--plot loss.guidance_scale:fid" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import functools
 import torch
 from accelerate import Accelerator
 
-from distill.generator import OneStepGenerator, trainable_copy
+from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.steps import fake_step, student_step
 from teachers.mlp import MLPDenoiser
@@ -23,7 +23,7 @@ def _changed(before, module):
 def test_steps_update_student_and_fake_and_never_the_teacher():
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
-    generator = OneStepGenerator(student)
+    generator = StudentGenerator(student)
     opt_g, opt_f = torch.optim.AdamW(student.parameters(), lr=1e-2), torch.optim.AdamW(fake.parameters(), lr=1e-2)
     accelerator = Accelerator(cpu=True)
     teacher_before, student_before, fake_before = _params(teacher), _params(student), _params(fake)
@@ -49,7 +49,7 @@ def test_student_copy_reproduces_teacher_before_training():
     z = torch.randn(5, 3)
     with torch.no_grad():
         expected = teacher(teacher.sigma_max * z, teacher.sigma_max)
-        torch.testing.assert_close(OneStepGenerator(trainable_copy(teacher))(z), expected, rtol=0, atol=0)
+        torch.testing.assert_close(StudentGenerator(trainable_copy(teacher))(z), expected, rtol=0, atol=0)
 
 
 def test_dmd_sigma_stays_in_the_configured_ramp():

@@ -4,7 +4,7 @@ import torch
 from conftest import tiny_unet_denoiser
 from diffusers import DDIMScheduler, DDPMPipeline
 
-from distill.generator import OneStepGenerator, trainable_copy
+from distill.generator import StudentGenerator, trainable_copy
 from teachers.io import load_denoiser, save_pretrained_atomic
 from teachers.unet import sigma_to_t, t_to_sigma
 
@@ -41,7 +41,7 @@ def test_adapter_step_equals_the_diffusers_ddim_step(prediction_type):
 
 def test_student_copy_reproduces_the_teacher_at_sigma_max():
     teacher = tiny_unet_denoiser(num_classes=3)
-    student = OneStepGenerator(trainable_copy(teacher))
+    student = StudentGenerator(trainable_copy(teacher))
     z, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         sigma_max = torch.tensor(teacher.sigma_max)  # float32, as the generator holds it

@@ -1,0 +1,111 @@
+"""DMD2's GAN term (Yin et al. 2024, sec. 4.3): a classifier head on the fake score's bottleneck features.
+
+Real images and student images are noised to a random sigma and classified by the head on D_fake's
+bottleneck (diffusion-GAN). The discriminator loss trains the head and the fake score's backbone;
+the generator loss flows through the frozen critic into the student's images.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teachers.errors import ConfigError
+
+
+def find_bottleneck(denoiser: nn.Module) -> nn.Module:
+    """The module whose output is the denoiser's bottleneck features (`bottleneck` on the adapter)."""
+    module = getattr(denoiser, "bottleneck", None)
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"loss.gan_generator_weight/gan_discriminator_weight > 0 needs bottleneck features, but "
+            f"{type(denoiser).__name__} has none (supported: UNetDenoiser with a mid block, MLPDenoiser); "
+            "set both GAN weights to 0"
+        )
+    return module
+
+
+def group_count(channels: int) -> int:
+    """GroupNorm groups: 32 where the channels allow it, fewer for small networks."""
+    return math.gcd(32, channels)
+
+
+def conv_head(channels: int) -> nn.Module:
+    """Conv -> GroupNorm -> SiLU, a stride-2 conv, global average pool, one logit (after DMD2's cls_pred_branch)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(group_count(channels), channels), nn.SiLU(),
+        nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GroupNorm(group_count(channels), channels), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1),
+    )
+
+
+def mlp_head(features: int) -> nn.Module:
+    """Two layers on vector features, one logit."""
+    return nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, 1))
+
+
+def read_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 estimate, bottleneck features) of one forward pass, read with a forward hook."""
+    found = []
+    handle = find_bottleneck(denoiser).register_forward_hook(lambda _m, _i, out: found.append(out))
+    try:
+        x0 = denoiser(x, sigma, cond)
+    finally:
+        handle.remove()
+    if not found or not torch.is_tensor(found[-1]):
+        raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; set both GAN weights to 0")
+    return x0, found[-1]
+
+
+@torch.no_grad()
+def build_head(denoiser: nn.Module, sigma: float = 1.0) -> nn.Module:
+    """A head sized for the denoiser's bottleneck: conv for (B, C, H, W) features, MLP for (B, F)."""
+    shape = tuple(denoiser.shape)
+    probe = torch.zeros(1, *shape, device=next(denoiser.parameters()).device)
+    cond = torch.zeros(1, dtype=torch.long, device=probe.device) if getattr(denoiser, "num_classes", None) else None
+    _, features = read_features(denoiser, probe, sigma, cond)
+    if features.ndim == 4:
+        return conv_head(features.shape[1]).to(probe.device)
+    if features.ndim == 2:
+        return mlp_head(features.shape[1]).to(probe.device)
+    raise ConfigError(f"bottleneck features of shape {tuple(features.shape)}; the GAN head takes (B, C, H, W) or (B, F)")
+
+
+class Critic(nn.Module):
+    """D_fake and, with DMD2's GAN, its classifier head: one module, so one (DDP) forward gives both outputs."""
+
+    def __init__(self, fake_score: nn.Module, head: nn.Module | None):
+        super().__init__()
+        self.fake_score, self.head = fake_score, head
+
+    def forward(self, x: torch.Tensor, sigma, cond=None, with_logits: bool = False):
+        """x0 estimate; with_logits=True: (x0 estimate, real-vs-fake logits (B,))."""
+        if not with_logits:
+            return self.fake_score(x, sigma, cond)
+        x0, features = read_features(self.fake_score, x, sigma, cond)
+        return x0, self.head(features.float()).reshape(-1)
+
+
+def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating GAN loss of the classifier: softplus(-D(real)) + softplus(D(fake)), per sample."""
+    return F.softplus(-logits_real) + F.softplus(logits_fake)
+
+
+def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """The student's GAN loss: softplus(-D(G(z))) per sample (DMD2 eq. 5, non-saturating)."""
+    return F.softplus(-logits_fake)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """No parameter gradients inside (the critic during the student's GAN loss); restored after."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)

@@ -1,0 +1,191 @@
+"""DMD2: the two time-scale rule, backward simulation, the GAN head and losses, multi-step students, bad input."""
+import json
+import math
+
+import pytest
+import torch
+from conftest import compose_config, tiny_unet_denoiser
+from diffusers import DDPMScheduler, UNet2DModel
+
+from distill.checkpoint import load_checkpoint
+from distill.config import validate
+from distill.gan import Critic, build_head, discriminator_loss, find_bottleneck, frozen, generator_loss
+from distill.generator import StudentGenerator, trainable_copy
+from distill.loop import run
+from eval.harness import student_sample_fn
+from eval.run import student_sigmas
+from teachers.errors import ConfigError
+from teachers.mlp import MLPDenoiser
+from teachers.unet import UNetDenoiser
+from teachers.zoo import resolve_model_path
+from teachers.io import load_denoiser
+
+TOY = ["experiment=toy_gmm", "debug=cpu_tiny", "train.plot_every=1000"]
+FOUR_SIGMAS = "student.sigmas=[80.0,5.0,1.5,0.5]"
+
+
+def test_two_time_scale_rule_counts_its_updates_exactly(tmp_path):
+    run(compose_config("train", [*TOY, "train.max_steps=3", "train.num_fake_steps_per_student_step=4", f"run_dir={tmp_path}"]))
+    tensors, state = load_checkpoint(tmp_path / "checkpoints" / "step-3")
+    assert state["counters"] | {"skipped": {}} == {"step": 3, "student_updates": 3, "fake_updates": 12, "skipped": {}}
+    # Adam's own step count per parameter: 4 fake-score updates for every student update.
+    assert {float(v) for k, v in tensors["fake_optimizer"].items() if k.endswith(".step")} == {12.0}
+    assert {float(v) for k, v in tensors["student_optimizer"].items() if k.endswith(".step")} == {3.0}
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a denoiser and records, per call, whether autograd was on and the sigmas it got."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser, self.calls = denoiser, []
+        self.sigma_max = denoiser.sigma_max
+
+    def forward(self, x, sigma, cond=None):
+        out = self.denoiser(x, sigma, cond)
+        self.calls.append((torch.is_grad_enabled(), out.requires_grad, torch.as_tensor(sigma).flatten().clone()))
+        return out
+
+
+def test_backward_simulation_steps_carry_no_gradient():
+    torch.manual_seed(0)
+    student = _Recorder(trainable_copy(MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)))
+    generator = StudentGenerator(student, [80.0, 5.0, 1.5, 0.5])
+    z = torch.randn(256, 2)
+    x = generator(z)
+    *simulated, trained = student.calls
+    assert len(simulated) >= 1 and all(not grad_on and not req for grad_on, req, _ in simulated)
+    assert trained[0] and trained[1] and x.requires_grad
+    assert set(trained[2].tolist()) == {80.0, 5.0, 1.5, 0.5}  # every step is trained, each sample at one of them
+    x.sum().backward()
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_backward_simulation_inputs_are_the_students_own_earlier_steps():
+    student = trainable_copy(MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8))
+    generator = StudentGenerator(student, [80.0, 5.0, 1.5])
+    z, step = torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(3)
+    inputs, sigma = generator.backward_simulation(z, step)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        x1 = student(80 * z, torch.full((6,), 80.0)) + 5.0 * torch.randn(6, 2)
+        x2 = student(x1, torch.full((6,), 5.0)) + 1.5 * torch.randn(6, 2)
+    torch.testing.assert_close(inputs, torch.stack([80 * z[0], x1[1], x2[2], 80 * z[3], x1[4], x2[5]]))
+    assert sigma.tolist() == [80.0, 5.0, 1.5, 80.0, 5.0, 1.5] and not inputs.requires_grad
+
+
+def test_one_step_generator_is_the_student_at_sigma_max():
+    student = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)
+    z = torch.randn(5, 2)
+    expected = student(student.sigma_max * z, torch.full((5,), student.sigma_max))
+    torch.testing.assert_close(StudentGenerator(student)(z), expected, rtol=0, atol=0)
+    torch.testing.assert_close(StudentGenerator(student).sample(z), expected, rtol=0, atol=0)
+
+
+def _unet_without_mid_block():
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        mid_block_type=None,
+    )
+    return UNetDenoiser(unet, DDPMScheduler(num_train_timesteps=1000))
+
+
+SUPPORTED = {
+    "toy mlp": lambda: MLPDenoiser(dim=2, hidden_dim=32, num_layers=2, emb_dim=8),
+    "unet uncond 8x8": lambda: tiny_unet_denoiser(),
+    "unet cond 8x8": lambda: tiny_unet_denoiser(num_classes=10),
+    "unet rgb 16x16": lambda: tiny_unet_denoiser(size=16, channels=3),
+    "zoo mnist_uncond": lambda: load_denoiser(resolve_model_path("zoo:mnist_uncond")),
+    "zoo mnist_cond": lambda: load_denoiser(resolve_model_path("zoo:mnist_cond")),
+}
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_gan_head_has_the_right_shapes_for_every_supported_teacher(name):
+    fake = trainable_copy(SUPPORTED[name]())
+    critic = Critic(fake, build_head(fake))
+    x = torch.randn(3, *fake.shape)
+    cond = torch.tensor([0, 1, 2]) if getattr(fake, "num_classes", None) else None
+    x0, logits = critic(x, torch.tensor([0.5, 2.0, 10.0]), cond, with_logits=True)
+    assert x0.shape == x.shape and logits.shape == (3,)
+    torch.testing.assert_close(x0, fake(x, torch.tensor([0.5, 2.0, 10.0]), cond))  # the head does not change D_fake
+    logits.sum().backward()
+    assert all(p.grad is not None for p in critic.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fake.parameters())  # it trains the backbone too
+
+
+@pytest.mark.parametrize("denoiser", [_unet_without_mid_block, lambda: torch.nn.Linear(2, 2)])
+def test_gan_head_on_a_teacher_without_features_is_refused(denoiser):
+    with pytest.raises(ConfigError, match="needs bottleneck features.*set both GAN weights to 0"):
+        find_bottleneck(denoiser())
+
+
+def test_gan_losses_known_answers():
+    zero = torch.zeros(4)
+    torch.testing.assert_close(discriminator_loss(zero, zero), torch.full((4,), 2 * math.log(2)))
+    torch.testing.assert_close(generator_loss(zero), torch.full((4,), math.log(2)))
+    big = torch.full((2,), 30.0)
+    assert discriminator_loss(big, -big).max() < 1e-12 and generator_loss(big).max() < 1e-12  # a perfect classifier
+    assert discriminator_loss(-big, big).min() > 59  # a wrong one: about 2 x 30
+
+
+def test_frozen_critic_passes_gradient_to_the_images_only():
+    fake = trainable_copy(tiny_unet_denoiser())
+    critic = Critic(fake, build_head(fake))
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    with frozen(critic):
+        _, logits = critic(x, torch.tensor([1.0, 1.0]), with_logits=True)
+    generator_loss(logits).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters()) and all(p.requires_grad for p in critic.parameters())
+
+
+def test_multistep_student_sampler_is_reproducible_and_counts_its_nfe():
+    student = tiny_unet_denoiser()
+    fn = student_sample_fn(student, [80.0, 5.0, 1.5, 0.5], seed=7)
+    z = torch.randn(4, 1, 8, 8)
+    again = student_sample_fn(student, [80.0, 5.0, 1.5, 0.5], seed=7)
+    first = fn.fn(z)
+    assert fn.nfe == 4
+    torch.testing.assert_close(first, again.fn(z), rtol=0, atol=0)  # same seed, same batches: same samples
+    assert not torch.equal(fn.fn(z), first)  # the re-noising stream moves on from batch to batch
+
+
+def test_dmd2_image_run_with_a_four_step_student(tmp_path):
+    cache = tmp_path / "cache"
+    overrides = ["experiment=mnist_dmd2_4step", "data=digits", "debug=cpu_tiny_image", "train.num_fake_steps_per_student_step=2",
+                 FOUR_SIGMAS, f"run_dir={tmp_path / 'run'}", f"eval.cache_dir={cache}"]
+    metrics = run(compose_config("train", overrides))
+    assert metrics.keys() == {"teacher_heun_nfe3", "student_nfe4"} and metrics["student_nfe4"]["nfe"] == 4
+    assert json.loads((tmp_path / "run" / "student" / "student.json").read_text()) == {"sigmas": [80.0, 5.0, 1.5, 0.5]}
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {"loss/gan_generator", "loss/gan_discriminator", "loss/dmd"} <= log[-1].keys() and "loss/regression" not in log[-1]
+    assert "gan_head" in load_checkpoint(tmp_path / "run" / "checkpoints" / "step-2")[0]
+    # python -m eval finds the sigma list beside the exported student.
+    eval_cfg = compose_config("eval", ["experiment=mnist", f"student_path={tmp_path / 'run' / 'student'}"])
+    assert student_sigmas(eval_cfg) == [80.0, 5.0, 1.5, 0.5]
+
+
+def test_toy_gan_run_resumes_with_its_head(tmp_path):
+    overrides = [*TOY, "loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01", f"run_dir={tmp_path}"]
+    run(compose_config("train", [*overrides, "train.max_steps=2"]))
+    head_at_2 = load_checkpoint(tmp_path / "checkpoints" / "step-2")[0]["gan_head"]
+    run(compose_config("train", [*overrides, "train.max_steps=3"]))
+    head_at_3 = load_checkpoint(tmp_path / "checkpoints" / "step-3")[0]["gan_head"]
+    assert head_at_2.keys() == head_at_3.keys() and any(not torch.equal(head_at_2[k], head_at_3[k]) for k in head_at_2)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["student.num_steps=4"], r"student.num_steps=4 needs a sigma list: set student.sigmas"),
+    (["student.num_steps=2", FOUR_SIGMAS], r"has 4 entries but student.num_steps=2"),
+    (["student.num_steps=2", "student.sigmas=[1.0,5.0]"], r"strictly decreasing"),
+    (["student.num_steps=0"], r"student.num_steps=0; it must be an integer >= 1"),
+    (["loss.gan_generator_weight=1.0"], r"the GAN needs both > 0"),
+    (["loss.gan_discriminator_weight=-1"], r"loss.gan_discriminator_weight=-1; it must be a number >= 0"),
+])
+def test_bad_dmd2_settings_are_refused_before_any_work(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config("train", [*TOY, *overrides, f"run_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())
