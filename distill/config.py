@@ -74,9 +74,10 @@ def check_loss(loss: DictConfig) -> None:
         loss.regression_distance in REGRESSION_DISTANCES,
         f"loss.regression_distance={loss.regression_distance}; allowed: {', '.join(REGRESSION_DISTANCES)}",
     )
-    s = loss.sigma
-    _require(0 < s.min < s.max, f"loss.sigma.min={s.min}, loss.sigma.max={s.max}; need 0 < min < max")
-    _require(0 <= s.t_min < s.t_max <= 1, f"loss.sigma.t_min={s.t_min}, loss.sigma.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
+    for name in ("sigma", "gan_sigma"):
+        s = loss[name]
+        _require(0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")
+        _require(0 <= s.t_min < s.t_max <= 1, f"loss.{name}.t_min={s.t_min}, loss.{name}.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
     _require(loss.pairs.sampler in SAMPLERS, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLERS)}")
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
 

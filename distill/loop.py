@@ -71,12 +71,14 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
         head = build_head(fake).train() if gan else None
-    fake_params = [*fake.parameters(), *(head.parameters() if head is not None else [])]
+    fake_groups = [{"params": list(fake.parameters())}]
+    if head is not None:
+        fake_groups.append({"params": list(head.parameters()), "lr": optim.gan_head_lr})
     return TrainState(
         student=student,
         fake_score=fake,
         student_optimizer=make_optimizer(student.parameters(), optim.student_lr, optim),
-        fake_optimizer=make_optimizer(fake_params, optim.fake_lr, optim),
+        fake_optimizer=make_optimizer(fake_groups, optim.fake_lr, optim),
         ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
         gan_head=head,
     )
@@ -131,6 +133,9 @@ class StepContext:
     def sample_sigma(self, n: int) -> torch.Tensor:
         return sample_dmd_sigma(n, **self.loss.sigma, device=self.accelerator.device)
 
+    def sample_gan_sigma(self, n: int) -> torch.Tensor:
+        return sample_dmd_sigma(n, **self.loss.gan_sigma, device=self.accelerator.device)
+
 
 def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, float]:
     """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them."""
@@ -141,7 +146,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
                 z=ctx.draw_z(n), sigma=ctx.sample_sigma(n), sigma_data=ctx.sigma_data,
                 fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(n),
-                real_batch=regression_batch(ctx.real_data, n, ctx.accelerator.device), real_sigma=ctx.sample_sigma(n),
+                real_batch=regression_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
                 gan_weight=loss.gan_discriminator_weight,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
@@ -152,7 +157,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
         optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-        cond=ctx.draw_cond(train.batch_size), critic=ctx.critic, gan_sigma=ctx.sample_sigma(n),
+        cond=ctx.draw_cond(train.batch_size), critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
         gan_weight=loss.gan_generator_weight,
     )
     guard.record("student", logs["skipped/student"] > 0, step)

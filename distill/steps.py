@@ -50,30 +50,32 @@ def fake_step(
     grad_clip: float | None,
     cond: torch.Tensor | None = None,
     real_batch: tuple[torch.Tensor, ...] | None = None,
-    real_sigma: torch.Tensor | None = None,
+    gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train D_fake to denoise fresh student samples (of the same class labels, when conditional).
 
-    With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies the noised
-    student samples against real images (x_real[, labels]) noised to real_sigma; the classifier loss
+    With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
+    and real images (x_real[, labels]), noised to gan_sigma (2B: student then real); the classifier loss
     trains the head and the fake score's backbone."""
     with torch.no_grad():
         x = generator(z, cond)
-    noise = torch.randn_like(x)
-    x_t = x + expand_sigma(sigma, x) * noise
-    logs = {}
+    x_t = x + expand_sigma(sigma, x) * torch.randn_like(x)
+    logs, n = {}, len(x)
     if gan_weight > 0:
         x_real, *cond_real = real_batch
-        x_real_t = x_real + expand_sigma(real_sigma, x_real) * torch.randn_like(x_real)
-        cond_all = torch.cat([cond, *cond_real]) if cond is not None else None
-        # One forward over student and real inputs: DDP allows one forward per backward.
-        x0_all, logits = fake_score(torch.cat([x_t, x_real_t]), torch.cat([sigma, real_sigma]), cond_all, with_logits=True)
-        x0 = x0_all[: len(x)]
-        loss_gan = discriminator_loss(logits[len(x) :], logits[: len(x)]).mean()
+        pair = torch.cat([x, x_real])
+        cond_all = torch.cat([cond, cond, *cond_real]) if cond is not None else None
+        # One forward over denoising and classifier inputs: DDP allows one forward per backward.
+        x0_all, logits = fake_score(
+            torch.cat([x_t, pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)]), torch.cat([sigma, gan_sigma]),
+            cond_all, with_logits=True,
+        )
+        x0, logits_fake, logits_real = x0_all[:n], logits[n : 2 * n], logits[2 * n :]
+        loss_gan = discriminator_loss(logits_real, logits_fake).mean()
         logs["loss/gan_discriminator"] = loss_gan.item()
-        logs["gan/real_accuracy"] = (logits[len(x) :] > 0).float().mean().item()
-        logs["gan/fake_accuracy"] = (logits[: len(x)] < 0).float().mean().item()
+        logs["gan/real_accuracy"] = (logits_real > 0).float().mean().item()
+        logs["gan/fake_accuracy"] = (logits_fake < 0).float().mean().item()
     else:
         x0, loss_gan = fake_score(x_t, sigma, cond), 0.0
     loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()

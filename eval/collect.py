@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from eval.plots import line_plot
+
 DEFAULT_FIGURES = ("nfe", "fd", "mmd", "mode_recall", "mode_weight_error", "off_mode_share")
 
 
@@ -81,32 +83,6 @@ def sampler_rows(runs: list[dict], keys: list[str], figures: list[str], samplers
     return rows
 
 
-def plot_rows(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
-    """FIG against KEY, one line per sampler (a text KEY, e.g. experiment, gives one tick per value in order)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    labels = list(dict.fromkeys(str(r[x_key]) for r in rows))
-    numeric = all(isinstance(r[x_key], (int, float)) for r in rows)
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        points = [(r[x_key] if numeric else labels.index(str(r[x_key])), r[y_key]) for r in rows
-                  if r["sampler"] == sampler and r[y_key] is not None]
-        ax.plot(*zip(*sorted(points)), marker="o", label=sampler)
-    if not numeric:
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(y_key)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def parse_plot(spec: str, keys: list[str], figures: list[str]) -> tuple[str, str]:
     """KEY:FIG, both among the table's --keys and --figures."""
     x_key, _, y_key = spec.partition(":")
@@ -138,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             x_key, y_key = parse_plot(args.plot, args.keys, args.figures)
         except ValueError as err:
             parser.error(str(err))
-        print(f"wrote {plot_rows(rows, x_key, y_key, args.plot_out or args.root / f'{y_key}_vs_{x_key}.png')}")
+        print(f"wrote {line_plot(rows, x_key, y_key, args.plot_out or args.root / f'{y_key}_vs_{x_key}.png')}")
     if args.out:
         args.out.write_text(table)
     else:

@@ -32,8 +32,29 @@ def scatter_panels(panels: dict[str, np.ndarray], path: Path, reference: np.ndar
         ax.set(title=title, xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
         ax.set_aspect("equal", adjustable="box")
         ax.tick_params(labelsize=6)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Tight layout, PNG at 120 dpi (parent folders made), figure closed."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def line_plot(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
+    """y_key against x_key, one line per rows' "sampler" (a text x_key, e.g. experiment, gives one tick per value in order)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    labels = list(dict.fromkeys(str(r[x_key]) for r in rows))
+    numeric = all(isinstance(r[x_key], (int, float)) for r in rows)
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        points = [(r[x_key] if numeric else labels.index(str(r[x_key])), r[y_key]) for r in rows
+                  if r["sampler"] == sampler and r[y_key] is not None]
+        ax.plot(*zip(*sorted(points)), marker="o", label=sampler)
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set(xlabel=x_key, ylabel=y_key)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

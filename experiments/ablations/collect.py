@@ -10,7 +10,8 @@ import re
 import sys
 from pathlib import Path
 
-from eval.collect import load_runs, markdown_table, plot_rows, run_value
+from eval.collect import load_runs, markdown_table, run_value
+from eval.plots import line_plot
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
@@ -38,7 +39,7 @@ def section(title: str, rows: list[dict], plot_key: str | None, note: str) -> li
         return [f"### {title}", "", "(no runs yet)", ""]
     lines = [f"### {title}", "", markdown_table(rows, list(rows[0])), note, ""]
     if plot_key:
-        png = plot_rows(rows, plot_key, "fid", HERE / f"fid_vs_{plot_key.split('.')[-1]}.png")
+        png = line_plot(rows, plot_key, "fid", HERE / f"fid_vs_{plot_key.split('.')[-1]}.png")
         lines += [f"![FID vs {plot_key}]({png.name})", ""]
     return lines
 
