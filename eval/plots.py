@@ -55,6 +55,9 @@ def line_plot(rows: list[dict], x_key: str, y_key: str, path: Path) -> Path:
         ax.plot(*zip(*sorted(points)), marker="o", label=sampler)
     if not numeric:
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    values = [r[y_key] for r in rows if isinstance(r[y_key], (int, float))]
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")  # one failed run must not flatten the others
     ax.set(xlabel=x_key, ylabel=y_key)
     ax.legend(fontsize=8)
     return save_figure(fig, path)

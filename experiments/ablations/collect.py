@@ -57,7 +57,8 @@ def main(out: Path) -> None:
         *section("1 step vs 4 steps (DMD2 preset)", steps, None,
                  "The 1-step row is the chain's mnist_dmd2 run; the 4-step student is trained with backward simulation."),
         *section("Guidance scale (class-conditional teacher, DMD + regression)", rows_in(out / "guidance", ["loss.guidance_scale"]),
-                 "loss.guidance_scale", "FID against the unconditional training split, labels drawn uniformly."),
+                 "loss.guidance_scale", "FID against the unconditional training split, labels drawn uniformly. The teacher column is the "
+                 "teacher sampled with the same guidance (the real score the student matches)."),
     ]
     readme = HERE / "README.md"
     text = "\n".join(body).rstrip() + "\n"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # MNIST: distill the shipped teacher (DMD + regression), then evaluate the student at 1 NFE beside the
 # teacher's Euler/Heun samplers at 1 to 35 NFE, on the same seeds and domain features.
-# Usage: [STEPS=N] bash experiments/mnist/run.sh [OUT=runs/mnist]
+# Usage: [STEPS=N] [EXPERIMENT=mnist|mnist_ttur|mnist_dmd2] bash experiments/mnist/run.sh [OUT=runs/mnist]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${1:-runs/mnist}
 STEPS=${STEPS:-3000}
+EXPERIMENT=${EXPERIMENT:-mnist}
 start=$(date +%s)
-$PY -m distill experiment=mnist train.max_steps=$STEPS loss.pairs.num_pairs=2000 eval.num_samples=2000 hydra.run.dir=$OUT/distill
+$PY -m distill experiment=$EXPERIMENT train.max_steps=$STEPS loss.pairs.num_pairs=2000 eval.num_samples=2000 hydra.run.dir=$OUT/distill
 echo $(( $(date +%s) - start )) > $OUT/distill/wall_seconds.txt  # distillation, pairs and its evaluation included
 $PY -m eval experiment=mnist student_path=$OUT/distill/student eval.num_samples=5000 \
   'eval.teacher_samplers=[{name: euler, num_steps: 1}, {name: euler, num_steps: 2}, {name: heun, num_steps: 2}, {name: heun, num_steps: 4}, {name: heun, num_steps: 8}, {name: heun, num_steps: 18}]' \
