@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from eval.samplers import multistep_student, one_step
+from eval.samplers import multistep_student, one_step, student_inputs
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:
@@ -43,11 +43,8 @@ class StudentGenerator(nn.Module):
     def backward_simulation(self, z: torch.Tensor, step: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample's input at its step i: the student's own steps 0..i-1 from s_0 z, re-noised to s_i."""
         sigmas = z.new_tensor(self.sigmas)
-        x_t = z * sigmas[0]
-        inputs = x_t.clone()
-        for j in range(1, int(step.max()) + 1):
-            x0 = self.denoiser(x_t, sigmas[j - 1].expand(z.shape[0]), cond)
-            x_t = x0 + sigmas[j] * torch.randn_like(x0)
+        inputs = torch.empty_like(z)
+        for j, x_t in zip(range(int(step.max()) + 1), student_inputs(self.denoiser, z, sigmas, cond)):
             inputs[step == j] = x_t[step == j]
         return inputs, sigmas[step]
 

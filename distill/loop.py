@@ -84,12 +84,12 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
     )
 
 
-def regression_batch(pairs, batch_size: int, device):
+def random_batch(tensors, batch_size: int, device):
     """A random batch of stored tensors (teacher ODE pairs (z_ref, y_ref[, label]), or real images[, labels])."""
-    if pairs is None:
+    if tensors is None:
         return None
-    idx = torch.randint(len(pairs[0]), (batch_size,), device=device)
-    return tuple(t[idx] for t in pairs)
+    idx = torch.randint(len(tensors[0]), (batch_size,), device=device)
+    return tuple(t[idx] for t in tensors)
 
 
 def is_due(done: int, every: int, last: int) -> bool:
@@ -146,12 +146,12 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
                 z=ctx.draw_z(n), sigma=ctx.sample_sigma(n), sigma_data=ctx.sigma_data,
                 fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(n),
-                real_batch=regression_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
+                real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
                 gan_weight=loss.gan_discriminator_weight,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
-    batch_pairs = regression_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
+    batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
     logs |= student_step(
         accelerator=ctx.accelerator, generator=ctx.generator, real=ctx.real, fake_score=ctx.fake_score,
         optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,

@@ -91,14 +91,21 @@ def one_step(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> 
     return denoiser(noise * sigmas[0], sigmas[0].expand(noise.shape[0]), cond)
 
 
+def student_inputs(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None):
+    """The input of each step of a k-step student, lazily: s_0 z, then x0 = D(x, s_j) re-noised to s_{j+1}
+    (DMD2 sec. 4.5). Consumers stop early; each later input costs one network evaluation."""
+    x = noise * sigmas[0]
+    yield x
+    for j in range(1, len(sigmas)):
+        x0 = denoiser(x, sigmas[j - 1].expand(noise.shape[0]), cond)
+        x = x0 + sigmas[j] * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        yield x
+
+
 def multistep_student(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
-    """A k-step student on its fixed sigma list (DMD2 sec. 4.5): x0 = D(x, s_j), then re-noise to s_{j+1}. NFE = k.
+    """A k-step student on its fixed sigma list: every step's input, then D at the last. NFE = k.
 
     sigmas: (k,) decreasing, sigmas[0] the noise level of the input; fresh noise comes from `generator`."""
-    x = noise * sigmas[0]
-    for j in range(len(sigmas)):
-        x0 = denoiser(x, sigmas[j].expand(noise.shape[0]), cond)
-        if j + 1 < len(sigmas):
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            x = x0 + sigmas[j + 1] * eps
-    return x0
+    for x in student_inputs(denoiser, noise, sigmas, cond, generator):
+        pass
+    return denoiser(x, sigmas[-1].expand(noise.shape[0]), cond)
