@@ -26,6 +26,10 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -91,7 +95,7 @@ def check_student(student: DictConfig) -> None:
                          "(e.g. student=four_step), the first being the input noise level")
         return
     values = list(sigmas)
-    _require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+    _require(all(_is_number(v) for v in values),
              f"student.sigmas={values}; it must be a list of numbers")
     _require(len(values) == k, f"student.sigmas={values} has {len(values)} entries but student.num_steps={k}")
     _require(all(v > 0 for v in values), f"student.sigmas={values}; every sigma must be > 0")
@@ -102,6 +106,8 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
     """Step counts, batch sizes, clipping and EMA; the student's steps."""
     check_student(student)
     _require(_is_int(train.max_steps) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
+    minutes = train.get("max_minutes")
+    _require(minutes is None or (_is_number(minutes) and minutes > 0), f"train.max_minutes={minutes}; use null or a number > 0")
     for key in POSITIVE_INT_TRAIN_KEYS:
         _require(_is_int(train[key]), f"train.{key}={train[key]}; it must be an integer")
     _check_positive(train, "train", POSITIVE_INT_TRAIN_KEYS)

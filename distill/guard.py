@@ -1,8 +1,9 @@
-"""Stop conditions of a run: non-finite updates (skipped, counted, capped) and SIGTERM (preemption)."""
+"""Stop conditions of a run: non-finite updates (skipped, counted, capped), SIGTERM (preemption) and a time budget."""
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -63,3 +64,18 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.received = True
+
+
+class TimeBudget:
+    """Wall-clock minutes for the training loop, summed over resumes (the checkpoint keeps the seconds spent)."""
+
+    def __init__(self, max_minutes: float | None, spent_seconds: float = 0.0):
+        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
+        self._start = time.monotonic() - spent_seconds
+
+    def seconds(self) -> float:
+        """Training seconds so far, earlier runs of the same directory included."""
+        return time.monotonic() - self._start
+
+    def expired(self) -> bool:
+        return self.max_seconds is not None and self.seconds() >= self.max_seconds

@@ -1,6 +1,7 @@
 """The distillation run: accelerate orchestration only; the math lives in steps and losses."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.pairs import generate_pairs, load_pairs
 from distill.tasks import PLOT_SAMPLES
-from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, any_process
+from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
 from distill.steps import fake_step, student_step
@@ -28,6 +29,7 @@ from teachers.errors import ConfigError, TrainingStopped
 from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
 
+log = logging.getLogger(__name__)
 
 
 def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
@@ -220,27 +222,34 @@ def run(cfg: DictConfig) -> dict:
     )
     z_plot, cond_plot = plot_inputs(task, ctx, cfg.seed)
     train, checkpoints = cfg.train, run_dir / "checkpoints"
-    bar = tqdm(range(counters.step, train.max_steps), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
+    budget = TimeBudget(train.max_minutes, counters.train_seconds)
+    last = counters.step if any_process(accelerator, budget.expired()) else train.max_steps  # resumed with the budget spent
+    bar = tqdm(range(counters.step, last), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
     with StopRequest() as stop:
         for _ in bar:
             # Update the fake score N times, then the student, then the EMA.
             logs = distill_step(ctx, guard, counters)
             if state.ema is not None:
                 state.ema.step(state.student.parameters())
-            done = counters.step
+            done, counters.train_seconds = counters.step, budget.seconds()
+            out_of_time = any_process(accelerator, budget.expired())  # every process stops at the same step
             # Log scalars, plot samples.
-            if is_due(done, train.log_every, train.max_steps):
-                scalar_log.log(logs | {f"skipped_total/{k}": float(v) for k, v in guard.skipped.items()}, step=done)
+            if out_of_time or is_due(done, train.log_every, train.max_steps):
+                totals = {f"skipped_total/{k}": float(v) for k, v in guard.skipped.items()}
+                scalar_log.log(logs | totals | {"time/train_minutes": counters.train_seconds / 60}, step=done)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
             if main and is_due(done, train.plot_every, train.max_steps):
                 task.plot(plain_generator, z_plot, cond_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
             # Save a checkpoint; on SIGTERM (preemption) save one and stop.
             preempted = any_process(accelerator, stop.received)
-            if preempted or is_due(done, train.checkpoint_every, train.max_steps):
+            if preempted or out_of_time or is_due(done, train.checkpoint_every, train.max_steps):
                 saved = save_training_state(accelerator, state, counters, checkpoints, train.keep_last)
             if preempted:
                 accelerator.end_training()
                 raise TrainingStopped(f"SIGTERM at step {done}: saved {saved}; re-run the same command to resume", EXIT_SIGTERM)
+            if out_of_time:  # train.max_minutes: the student as it is now is the result
+                log.info("train.max_minutes=%s reached at step %d; saved %s", train.max_minutes, done, saved)
+                break
 
     # Export the student and evaluate it beside the teacher's full sampler.
     metrics = export_and_evaluate(cfg, task, state, real, run_dir, device) if main else {}

@@ -24,6 +24,7 @@ class Counters:
     step: int = 0
     student_updates: int = 0
     fake_updates: int = 0
+    train_seconds: float = 0.0  # wall clock of the training loop, over resumes (train.max_minutes)
     skipped: dict[str, int] = field(default_factory=dict)
 
 

@@ -73,10 +73,17 @@ def timed_sampling(fn, noise: torch.Tensor, batch_size: int, cond: torch.Tensor 
     conds = cond.split(batch_size) if cond is not None else [None] * len(noise.split(batch_size))
     with torch.no_grad():
         fn(noise[: min(batch_size, 16)], None if cond is None else cond[: min(batch_size, 16)])
+        _synchronize(noise.device)
         start = time.perf_counter()
         chunks = tqdm(list(zip(noise.split(batch_size), conds)), desc=desc or "sampling", disable=not desc, mininterval=2)
         samples = torch.cat([fn(z, c) for z, c in chunks])
+        _synchronize(noise.device)  # CUDA kernels run asynchronously: stop the clock when they are done
     return samples, (time.perf_counter() - start) / len(noise)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> Path:

@@ -70,6 +70,7 @@ def test_unknown_preset_names_the_allowed_ones():
         ("teacher.real=exactish", "allowed: network, analytic"),
         ("eval.teacher_samplers=[{name:dpm,num_steps:4}]", "name=dpm"),
         ("train.ema_decay=1.5", "train.ema_decay=1.5"),
+        ("train.max_minutes=0", "train.max_minutes=0; use null or a number > 0"),
         ("loss.sigma.min=100", "need 0 < min < max"),
     ],
 )

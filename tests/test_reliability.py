@@ -95,8 +95,10 @@ def _wait_for_step(proc, run_dir, step, timeout=240):
 
 
 def _by_step(run_dir):
+    """Log records per step, less the wall clock (time/*), which no replay repeats."""
     records = {}
     for record in _log(run_dir):
+        record = {k: v for k, v in record.items() if not k.startswith("time/")}
         records.setdefault(record["step"], []).append(record)
     return records
 
@@ -144,3 +146,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path):
     resumed = _distill(tmp_path, f"train.max_steps={step + 2}", "train.checkpoint_every=1000")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert [r["step"] for r in _log(tmp_path)][-2:] == [step + 1, step + 2]
+
+
+def test_time_budget_stops_saves_and_evaluates_and_counts_over_resumes(tmp_path):
+    budget = ["train.max_steps=100000", "train.checkpoint_every=1000", "train.max_minutes=0.0001", f"run_dir={tmp_path}"]
+    metrics = run(compose_config("train", [*TINY, *budget]))  # one step outlasts 6 ms
+    assert "student_nfe1" in metrics
+    (step, path), = complete_checkpoints(tmp_path / "checkpoints")
+    assert step >= 1 and _log(tmp_path)[-1]["step"] == step
+    spent = json.loads((path / "state.json").read_text())["counters"]["train_seconds"]
+    assert spent >= 0.006 and _log(tmp_path)[-1]["time/train_minutes"] == pytest.approx(spent / 60)
+    run(compose_config("train", [*TINY, *budget]))  # resumed with the budget spent: no further step
+    assert [s for s, _ in complete_checkpoints(tmp_path / "checkpoints")] == [step]

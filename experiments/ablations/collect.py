@@ -2,10 +2,13 @@
 
     python experiments/ablations/collect.py [OUT=runs/ablations]
 
+run.sh makes the chain, steps and guidance sweeps; budget.sh the equal-wall-clock runs.
+
 The tables and the plots come from eval.collect (the same as `python -m eval.collect` on each sweep folder).
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -48,9 +51,26 @@ def rows_in(root: Path, keys: list[str]) -> list[dict]:
     return rows_of(root, keys) if root.is_dir() else []
 
 
+def budget_rows(root: Path, teacher_fid: float | None) -> list[dict]:
+    """One row per budget.sh run: the steps and minutes it reached, the student's FID, the ratio to the chain's teacher."""
+    rows = []
+    for run in load_runs(root) if root.is_dir() else []:
+        student = next(k for k in run["metrics"] if k.startswith("student"))
+        last = json.loads((root / run["run"] / "train_log.jsonl").read_text().splitlines()[-1])
+        fid = run["metrics"][student]["fid"]
+        rows.append({
+            "run": run["run"], "steps reached": last["step"], "train minutes": last["time/train_minutes"],
+            "batch": run["config"]["train"]["batch_size"], "fake updates / step": run["config"]["train"]["num_fake_steps_per_student_step"],
+            "fake lr": run["config"]["optim"]["fake_lr"],
+            "fid": fid, "student / teacher FID": fid / teacher_fid if teacher_fid else None,
+        })
+    return rows
+
+
 def main(out: Path) -> None:
     chain = rows_in(out / "chain", ["experiment"])
     steps = [r for r in chain if r["experiment"] == "mnist_dmd2"] + rows_in(out / "steps", ["experiment"])
+    teacher_fid = chain[0]["teacher FID (35 NFE)"] if chain else None  # the same 1,000 seeds in every run
     body = [
         *section("DMD2 ablation chain (1-step students)", chain, "experiment",
                  "DMD -> no regression -> + two time-scale updates (5 fake-score updates per student update) -> + GAN (= DMD2)."),
@@ -59,6 +79,9 @@ def main(out: Path) -> None:
         *section("Guidance scale (class-conditional teacher, DMD + regression)", rows_in(out / "guidance", ["loss.guidance_scale"]),
                  "loss.guidance_scale", "FID against the unconditional training split, labels drawn uniformly. The teacher column is the "
                  "teacher sampled with the same guidance (the real score the student matches)."),
+        *section("Equal wall-clock budget (budget.sh)", budget_rows(out / "budget", teacher_fid), None,
+                 "Each run trains until train.max_minutes (one core each, two runs at a time); the ratio is against the "
+                 "chain's teacher FID on the same 1,000 seeds."),
     ]
     readme = HERE / "README.md"
     text = "\n".join(body).rstrip() + "\n"

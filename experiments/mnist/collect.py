@@ -1,4 +1,5 @@
-"""Write experiments/mnist/README.md's table (and copy the sample sheet) from the outputs of run.sh."""
+"""Write the table of RESULTS/README.md (default experiments/mnist; and copy the sample sheet) from the outputs of run.sh:
+`python experiments/mnist/collect.py OUT [RESULTS]`."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def rows_for(metrics: dict) -> list[dict]:
     return rows
 
 
-def target_lines(metrics: dict, wall_file: Path) -> list[str]:
+def target_lines(metrics: dict, wall_file: Path, bench_file: Path) -> list[str]:
     """The issue's targets, checked from the figures."""
     full = max((k for k in metrics if k.startswith("teacher_")), key=lambda k: metrics[k]["nfe"])
     student, teacher = metrics["student_nfe1"], metrics[full]
@@ -40,7 +41,6 @@ def target_lines(metrics: dict, wall_file: Path) -> list[str]:
         f"({'met' if ratio <= 1.2 else 'NOT met'}, target <= 1.2x)",
         f"- throughput in this evaluation run: student {speed:.3g}x the full teacher ({teacher['nfe']} NFE)",
     ]
-    bench_file = HERE / "bench.json"
     if bench_file.is_file():  # python -m eval.bench: one batch, best of repeats, nothing else running
         bench = json.loads(bench_file.read_text())
         full_bench = max((k for k in bench if k.startswith("teacher_")), key=lambda k: bench[k]["nfe"])
@@ -49,15 +49,16 @@ def target_lines(metrics: dict, wall_file: Path) -> list[str]:
                      f"the full teacher = {b['speedup_over_nfe']:.2f} x NFE; target >= 0.8 x NFE: "
                      f"{'met' if b['speedup_over_nfe'] >= 0.8 else 'NOT met'}")
     if wall_file.is_file():
-        steps = json.loads((wall_file.parent / "train_log.jsonl").read_text().splitlines()[-1])["step"]
-        lines.append(f"- `python -m distill` wall time: {int(wall_file.read_text()) / 60:.1f} min for {steps} steps "
-                     "(its own 2,000-sample evaluation included; teacher ODE pairs are generated first unless the run dir has them); "
+        last = json.loads((wall_file.parent / "train_log.jsonl").read_text().splitlines()[-1])
+        loop = f"; training loop {last['time/train_minutes']:.1f} min" if "time/train_minutes" in last else ""
+        lines.append(f"- `python -m distill` wall time: {int(wall_file.read_text()) / 60:.1f} min for {last['step']} steps{loop} "
+                     "(the wall time includes its own 2,000-sample evaluation, and the teacher ODE pairs unless the run dir has them); "
                      "target: within 30 min")
     return lines
 
 
-def main(out: Path) -> None:
-    """Rewrite the table between the markers of README.md; copy the teacher | student sheet."""
+def main(out: Path, results: Path = HERE) -> None:
+    """Rewrite the table between the markers of RESULTS/README.md (made if absent); copy the teacher | student sheet."""
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     rows = rows_for(metrics)
     columns = list(rows[0])
@@ -67,14 +68,14 @@ def main(out: Path) -> None:
         f"{next(iter(metrics.values()))['num_samples']} samples per sampler, seed {next(iter(metrics.values()))['seed']}; "
         f"features: {next(iter(metrics.values()))['feature_extractor']} (held-out accuracy {accuracy:.4g}); "
         f"reference: {next(iter(metrics.values()))['reference']}.", "",
-        *target_lines(metrics, out / "distill" / "wall_seconds.txt"),
+        *target_lines(metrics, out / "distill" / "wall_seconds.txt", results / "bench.json"),
     ])
-    readme = HERE / "README.md"
-    text = readme.read_text()
+    readme = results / "README.md"
+    text = readme.read_text() if readme.is_file() else f"# MNIST: the run in {out}\n\n{START}\n{END}\n"
     readme.write_text(re.sub(f"{re.escape(START)}.*{re.escape(END)}", lambda _: f"{START}\n{body}\n{END}", text, flags=re.S))
-    shutil.copy(out / "eval" / "grids" / "teacher_student.png", HERE / "teacher_student.png")
+    shutil.copy(out / "eval" / "grids" / "teacher_student.png", results / "teacher_student.png")
     print(body)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/mnist"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/mnist"), Path(sys.argv[2]) if len(sys.argv) > 2 else HERE)
