@@ -198,10 +198,11 @@ def run(cfg: DictConfig) -> dict:
 
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
-    if cfg.loss.guidance_scale != 1:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
+    guided = cfg.loss.guidance_scale != 1
+    if guided:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed)  # fails early
-    pairs = setup_pairs(cfg, real if cfg.loss.guidance_scale != 1 else teacher, run_dir, accelerator)
+    pairs = setup_pairs(cfg, real if guided else teacher, run_dir, accelerator)  # ODE pairs of the sampler the student matches
     real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)

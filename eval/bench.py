@@ -8,21 +8,28 @@ from pathlib import Path
 
 import torch
 
-from eval.harness import student_sample_fn, teacher_sample_fns, timed_sampling
+from eval.harness import read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns, timed_sampling
 from eval.images import draw_inputs
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path
 
 
-def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: int, device) -> dict[str, dict]:
-    """Best-of-repeats seconds per sample of each sampler on one seeded batch, and its throughput vs the student."""
-    fns = {**teacher_sample_fns(teacher, samplers), "student_nfe1": student_sample_fn(student)}
+def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: int, device,
+              student_sigmas: list[float] | None = None) -> dict[str, dict]:
+    """Best-of-repeats seconds per sample of each sampler on one seeded batch, and its throughput vs the student.
+
+    The student samples on its own sigma list (k steps, student_nfe<k>); speedup_over_nfe divides the speedup by
+    the NFE ratio teacher / student, so 1.0 means the student costs exactly its share of network evaluations."""
+    student_fn = student_sample_fn(student, student_sigmas)
+    student_key = student_label(student_fn.nfe)
+    fns = {**teacher_sample_fns(teacher, samplers), student_key: student_fn}
     noise, cond = draw_inputs(batch_size, teacher.shape, getattr(teacher, "num_classes", None), seed=0)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
+    speedup = {label: seconds[label] / seconds[student_key] for label in fns}
     return {
-        label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": seconds[label] / seconds["student_nfe1"],
-                "speedup_over_nfe": seconds[label] / seconds["student_nfe1"] / fn.nfe, "batch_size": batch_size, "device": str(device)}
+        label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": speedup[label],
+                "speedup_over_nfe": speedup[label] / (fn.nfe / student_fn.nfe), "batch_size": batch_size, "device": str(device)}
         for label, fn in fns.items()
     }
 
@@ -40,7 +47,7 @@ def main() -> None:
     teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
     student = load_denoiser(args.student).to(device)
     samplers = [{"name": s.split(":")[0], "num_steps": int(s.split(":")[1])} for s in args.samplers]
-    figures = benchmark(teacher, student, samplers, args.batch_size, args.repeats, device)
+    figures = benchmark(teacher, student, samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student))
     for label, entry in figures.items():
         print(f"{label:24s} NFE {entry['nfe']:3d}  {1000 * entry['seconds_per_sample']:8.3f} ms/sample  "
               f"student is {entry['student_speedup']:7.2f}x faster ({entry['speedup_over_nfe']:.2f} x NFE)")

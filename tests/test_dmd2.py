@@ -12,6 +12,7 @@ from distill.config import validate
 from distill.gan import Critic, build_head, discriminator_loss, find_bottleneck, frozen, generator_loss
 from distill.generator import StudentGenerator, trainable_copy
 from distill.loop import run
+from eval.bench import benchmark
 from eval.harness import student_sample_fn
 from eval.run import student_sigmas
 from teachers.errors import ConfigError
@@ -152,6 +153,17 @@ def test_multistep_student_sampler_is_reproducible_and_counts_its_nfe():
     assert fn.nfe == 4
     torch.testing.assert_close(first, again.fn(z), rtol=0, atol=0)  # same seed, same batches: same samples
     assert not torch.equal(fn.fn(z), first)  # the re-noising stream moves on from batch to batch
+
+
+def test_bench_times_a_multistep_student_on_its_own_steps():
+    teacher, student = tiny_unet_denoiser(), tiny_unet_denoiser()
+    figures = benchmark(teacher, student, [{"name": "heun", "num_steps": 2}], batch_size=8, repeats=1,
+                        device=torch.device("cpu"), student_sigmas=[80.0, 5.0, 1.5, 0.5])
+    assert set(figures) == {"teacher_heun_nfe3", "student_nfe4"}
+    student_row, teacher_row = figures["student_nfe4"], figures["teacher_heun_nfe3"]
+    assert student_row["nfe"] == 4 and student_row["student_speedup"] == student_row["speedup_over_nfe"] == 1.0
+    # per network evaluation: 4 student NFE against 3 teacher NFE
+    assert teacher_row["speedup_over_nfe"] == pytest.approx(teacher_row["student_speedup"] * 4 / 3)
 
 
 def test_dmd2_image_run_with_a_four_step_student(tmp_path):
