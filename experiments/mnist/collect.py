@@ -14,9 +14,14 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- table:start -->", "<!-- table:end -->"
 
 
+def full_teacher(figures: dict) -> str:
+    """The teacher sampler with the most NFE in metrics.json or bench.json: the full sampler."""
+    return max((k for k in figures if k.startswith("teacher_")), key=lambda k: figures[k]["nfe"])
+
+
 def rows_for(metrics: dict) -> list[dict]:
     """One row per sampler, teacher by NFE then the student; FID ratios and speed against the full sampler."""
-    full = max((k for k in metrics if k.startswith("teacher_")), key=lambda k: metrics[k]["nfe"])
+    full = full_teacher(metrics)
     order = sorted(metrics, key=lambda k: (k.startswith("student"), metrics[k]["nfe"]))
     rows = []
     for label in order:
@@ -32,8 +37,8 @@ def rows_for(metrics: dict) -> list[dict]:
 
 def target_lines(metrics: dict, wall_file: Path, bench_file: Path) -> list[str]:
     """The issue's targets, checked from the figures."""
-    full = max((k for k in metrics if k.startswith("teacher_")), key=lambda k: metrics[k]["nfe"])
-    student, teacher = metrics[next(k for k in metrics if k.startswith("student_"))], metrics[full]  # student_nfe<k>
+    student = metrics[next(k for k in metrics if k.startswith("student_"))]  # student_nfe<k>
+    teacher = metrics[full_teacher(metrics)]
     ratio = student["fid"] / teacher["fid"]
     speed = teacher["seconds_per_sample"] / student["seconds_per_sample"]
     lines = [
@@ -43,8 +48,7 @@ def target_lines(metrics: dict, wall_file: Path, bench_file: Path) -> list[str]:
     ]
     if bench_file.is_file():  # python -m eval.bench: one batch, best of repeats, nothing else running
         bench = json.loads(bench_file.read_text())
-        full_bench = max((k for k in bench if k.startswith("teacher_")), key=lambda k: bench[k]["nfe"])
-        b = bench[full_bench]
+        b = bench[full_teacher(bench)]
         lines.append(f"- throughput from `eval.bench` (batch {b['batch_size']}, {b['device']}): student {b['student_speedup']:.3g}x "
                      f"the full teacher = {b['speedup_over_nfe']:.2f} x NFE; target >= 0.8 x NFE: "
                      f"{'met' if b['speedup_over_nfe'] >= 0.8 else 'NOT met'}")
