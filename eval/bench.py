@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
-    student = load_denoiser(args.student).to(device)
+    student = load_denoiser(args.student, key="student").to(device)
     samplers = [{"name": s.split(":")[0], "num_steps": int(s.split(":")[1])} for s in args.samplers]
     figures = benchmark(teacher, student, samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student))
     for label, entry in figures.items():

@@ -18,6 +18,11 @@ from eval.plots import line_plot
 DEFAULT_FIGURES = ("nfe", "fd", "mmd", "mode_recall", "mode_weight_error", "off_mode_share")
 
 
+def full_teacher(figures: dict) -> str:
+    """The teacher sampler with the most NFE in a metrics.json or an eval.bench json: the full sampler."""
+    return max((k for k in figures if k.startswith("teacher_")), key=lambda k: figures[k]["nfe"])
+
+
 def natural_key(path: Path) -> list:
     """Sort hydra job folders 0, 1, ..., 10 by number, not as text."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]

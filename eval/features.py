@@ -87,7 +87,7 @@ def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int) -> tu
             model.save_pretrained(tmp, safe_serialization=True)
             (tmp / ACCURACY_FILE).write_text(json.dumps({"test_accuracy": acc, "num_test": len(test[0])}) + "\n")
 
-        write_folder_atomic(path, write)
+        write_folder_atomic(path, write, keep_existing=True)  # parallel sweep runs may train it at once
     model = DomainClassifier.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
     return model, json.loads((path / ACCURACY_FILE).read_text())["test_accuracy"]
 

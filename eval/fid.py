@@ -1,6 +1,7 @@
 """FID pieces, apart (EDM fid.py, edm2 Detector): streaming statistics, a cache for the reference, fid(a, b)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def fid(a: Stats, b: Stats) -> float:
 
 
 def save_stats(stats: Stats, path: Path) -> Path:
-    """Stats as stats.npz in a folder, written atomically."""
-    return write_folder_atomic(path, lambda tmp: (tmp.mkdir(parents=True), np.savez(tmp / "stats.npz", mu=stats.mu, sigma=stats.sigma, num=stats.num)))
+    """Stats as stats.npz in a cache folder, written atomically; a folder another process wrote first is kept."""
+    write = lambda tmp: (tmp.mkdir(parents=True), np.savez(tmp / "stats.npz", mu=stats.mu, sigma=stats.sigma, num=stats.num))  # noqa: E731
+    return write_folder_atomic(path, write, keep_existing=True)
 
 
 def load_stats(path: Path) -> Stats:
@@ -53,7 +55,9 @@ def fid_torchmetrics(extractor: torch.nn.Module, images_a: torch.Tensor, images_
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     size = tuple(images_a.shape[1:])  # a custom extractor gets the images unchanged
-    metric = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=size)
+    # torchmetrics probes a custom extractor with a CPU dummy image while it is built: build on a CPU copy, then move
+    metric = FrechetInceptionDistance(feature=copy.deepcopy(extractor).cpu(), normalize=True, input_img_size=size)
+    metric = metric.to(images_a.device)
     for images, real in ((images_a, True), (images_b, False)):
         for x in images.split(batch_size):
             metric.update(x, real=real)

@@ -23,7 +23,7 @@ def load_models(cfg: DictConfig):
         raise ConfigError("teacher.path is null; give a teacher folder, or teacher=gmm_exact for the exact mixture")
     else:
         teacher = load_denoiser(resolve_model_path(cfg.teacher.path))
-    student = load_denoiser(cfg.student_path) if cfg.student_path else None
+    student = load_denoiser(cfg.student_path, key="student_path") if cfg.student_path else None
     return teacher, student
 
 

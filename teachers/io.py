@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -39,14 +40,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_folder_atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """write(tmp) fills a temporary folder, which then replaces path: a half-written folder is never read."""
+def write_folder_atomic(path: Path, write: Callable[[Path], object], keep_existing: bool = False) -> Path:
+    """write(tmp) fills a temporary folder of this process, which then replaces path: a half-written folder is never
+    read. keep_existing (caches shared by parallel sweep runs): a folder another process completed first is kept,
+    never deleted under a reader."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: two writers never share a temporary folder
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if not keep_existing:
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        tmp.rename(path)
+    except OSError:  # path exists again (another process renamed its complete folder first): keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.is_dir():
+            raise
     return path
 
 
@@ -60,8 +69,15 @@ def is_pipeline(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet").is_dir()
 
 
-def check_teacher_folder(path: Path) -> None:
-    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/."""
+FOLDER_HINTS = {  # what to do about a bad model folder
+    "teacher": "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run",
+    "student": "give the student/ folder that `python -m distill` exports into its run dir",
+}
+
+
+def check_teacher_folder(path: Path, key: str = "teacher.path") -> None:
+    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/.
+    key names the setting that gave the path (an exported student has the same layout)."""
     model_dir = path / "unet" if is_pipeline(path) else path
     has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
     expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
@@ -69,10 +85,8 @@ def check_teacher_folder(path: Path) -> None:
         expected += (("scheduler/scheduler_config.json", (path / "scheduler" / "scheduler_config.json").is_file()),)
     missing = [str((model_dir / f).relative_to(path)) if "/" not in f else f for f, ok in expected if not ok]
     if missing:
-        raise ConfigError(
-            f"teacher.path={path} is not a teacher folder (missing {', '.join(missing)}); "
-            "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run"
-        )
+        what = "student" if "student" in key else "teacher"
+        raise ConfigError(f"{key}={path} is not a {what} folder (missing {', '.join(missing)}); {FOLDER_HINTS[what]}")
 
 
 def read_model_config(path: Path) -> dict:
@@ -101,14 +115,15 @@ def is_hub_id(path: str | Path) -> bool:
     return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
 
 
-def load_denoiser(path: str | Path):
+def load_denoiser(path: str | Path, key: str = "teacher.path"):
     """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only.
 
-    A string that is not a local folder but looks like `owner/name` is a hub id (network needed)."""
+    A string that is not a local folder but looks like `owner/name` is a hub id (network needed). key names the
+    setting that gave the path, in errors."""
     if is_hub_id(path):
         return UNetDenoiser.from_pretrained(str(path)).eval().requires_grad_(False)
     path = Path(path)
-    check_teacher_folder(path)
+    check_teacher_folder(path, key)
     if not is_pipeline(path):
         read_model_config(path)
     try:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eval.features import INCEPTION_FILES, DomainClassifier, extract, find_inception
-from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
+from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, save_stats, stats_of
 from teachers.errors import ConfigError
 
 
@@ -46,6 +46,18 @@ def test_reference_statistics_are_computed_once(tmp_path):
 
     first, second = cached_stats(tmp_path / "ref", compute), cached_stats(tmp_path / "ref", compute)
     assert len(calls) == 1 and np.array_equal(first.sigma, second.sigma)
+
+
+def test_reference_statistics_written_by_two_processes_at_once_keep_the_first(tmp_path):
+    """Parallel sweep runs share the cache: another run completes the folder while this one computes its own."""
+    path, theirs = tmp_path / "ref", stats_of(np.random.default_rng(4).normal(size=(100, 4)))
+
+    def compute_while_another_run_finishes():
+        save_stats(theirs, path)
+        return stats_of(np.random.default_rng(5).normal(size=(100, 4)))
+
+    ours = cached_stats(path, compute_while_another_run_finishes)
+    assert np.array_equal(ours.sigma, theirs.sigma) and sorted(p.name for p in tmp_path.iterdir()) == ["ref"]
 
 
 @pytest.mark.parametrize("backend", list(INCEPTION_FILES))

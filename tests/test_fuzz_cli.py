@@ -110,3 +110,12 @@ def test_bad_input_gets_a_clear_error_and_no_traceback(entry, overrides, bad_fil
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+def test_a_bad_student_folder_is_named_as_the_student(bad_files, tmp_path, monkeypatch, capsys):
+    """eval's student_path error names student_path and how to get a student, not teacher.path."""
+    monkeypatch.setattr(sys, "argv", ["eval", "teacher=gmm_exact", f"student_path={tmp_path / 'no_student'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit):
+        hydra_entry(*ENTRIES["eval"])
+    err = capsys.readouterr().err
+    assert f"student_path={tmp_path / 'no_student'} is not a student folder" in err and "python -m distill" in err, err

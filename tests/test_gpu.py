@@ -10,6 +10,8 @@ from test_image_smoke import tiny_overrides
 
 from distill.loop import run
 from eval.bench import benchmark
+from eval.features import DomainClassifier, extract
+from eval.fid import fid, fid_torchmetrics, stats_of
 from eval.harness import timed_sampling
 from teachers.io import load_denoiser
 
@@ -33,8 +35,8 @@ def test_dmd2_gan_four_step_run_on_the_gpu(tmp_path):
 
 
 def test_timed_sampling_waits_for_the_kernels():
-    noise = torch.randn(4096, 4096, device="cuda")
-    _, seconds_per_sample = timed_sampling(lambda z, c: z @ z @ z @ z, noise, batch_size=4096)
+    noise, weight = torch.randn(2, 4096, 4096, device="cuda")
+    _, seconds_per_sample = timed_sampling(lambda z, c: z @ weight @ weight @ weight, noise, batch_size=4096)
     # Three 4096^3 products are ~4e11 FLOP: at least ~1e-7 s per sample on any GPU; without the synchronize the
     # clock stops at the launch (~1e-9 s per sample).
     assert seconds_per_sample > 5e-8
@@ -46,3 +48,13 @@ def test_bench_on_the_gpu(tmp_path):
     teacher, student = (load_denoiser(run_dir / name).cuda() for name in ("teacher", "student"))
     figures = benchmark(teacher, student, [{"name": "heun", "num_steps": 4}], batch_size=64, repeats=2, device=torch.device("cuda"))
     assert figures["student_nfe1"]["device"] == "cuda" and figures["teacher_heun_nfe7"]["student_speedup"] > 1
+
+
+def test_torchmetrics_cross_check_on_the_gpu():
+    """torchmetrics probes a custom extractor with a CPU tensor while it is built; a CUDA extractor must still work."""
+    extractor = DomainClassifier().eval().cuda()
+    images_a = torch.rand(400, 1, 28, 28, device="cuda") * 2 - 1
+    images_b = (torch.rand(400, 1, 28, 28, device="cuda") * 2 - 1) * 0.7 + 0.1
+    ours = fid(stats_of(extract(extractor, images_a)), stats_of(extract(extractor, images_b)))
+    assert abs(ours - fid_torchmetrics(extractor, images_a, images_b)) / ours < 1e-3
+    assert next(extractor.parameters()).is_cuda  # the caller's extractor stays where it was

@@ -8,15 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from eval.collect import markdown_table
+from eval.collect import full_teacher, markdown_table
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- table:start -->", "<!-- table:end -->"
-
-
-def full_teacher(figures: dict) -> str:
-    """The teacher sampler with the most NFE in metrics.json or bench.json: the full sampler."""
-    return max((k for k in figures if k.startswith("teacher_")), key=lambda k: figures[k]["nfe"])
 
 
 def rows_for(metrics: dict) -> list[dict]:
