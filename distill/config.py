@@ -38,7 +38,7 @@ def _require(ok: bool, message: str) -> None:
 def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = section[key]
-        _require(isinstance(value, (int, float)) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
+        _require(_is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
 
 
 def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
@@ -65,13 +65,13 @@ def check_image_teacher(teacher: DictConfig) -> None:
 def check_loss(loss: DictConfig) -> None:
     """Weights, distance and sigma range of the distillation losses."""
     for key in ("dmd_weight", "regression_weight", "fake_weight", "gan_generator_weight", "gan_discriminator_weight"):
-        _require(isinstance(loss[key], (int, float)) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0")
+        _require(_is_number(loss[key]) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0")
     _require(
         (loss.gan_generator_weight > 0) == (loss.gan_discriminator_weight > 0),
         f"loss.gan_generator_weight={loss.gan_generator_weight}, loss.gan_discriminator_weight={loss.gan_discriminator_weight}; "
         "the GAN needs both > 0 (the student learns from the classifier the discriminator loss trains) or both 0",
     )
-    _require(isinstance(loss.guidance_scale, (int, float)) and loss.guidance_scale >= 0,
+    _require(_is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
              f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
     _require(loss.dmd_weight > 0 or loss.regression_weight > 0, "loss.dmd_weight and loss.regression_weight are both 0; at least one must be > 0")
     _require(
