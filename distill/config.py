@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from distill.checkpoint import CorruptCheckpoint, verify
+from distill.schedule import LR_SCHEDULES
 from distill.tasks import ImageTask, ToyTask
 from eval.samplers import SAMPLERS
 from teachers.errors import ConfigError
@@ -125,6 +126,18 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
             raise ConfigError(f"train.resume_from={train.resume_from} cannot be resumed: {err}") from None
 
 
+def check_optim(optim: DictConfig) -> None:
+    """Learning rates, AdamW's betas and weight decay, and the learning-rate schedule."""
+    _check_positive(optim, "optim", ("student_lr", "fake_lr", "gan_head_lr"))
+    betas = list(optim.betas)
+    _require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+             f"optim.betas={betas}; it must be two numbers in [0, 1)")
+    _require(_is_number(optim.weight_decay) and optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}; it must be a number >= 0")
+    _require(optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule={optim.lr_schedule}; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(_is_number(optim.min_lr_ratio) and 0 <= optim.min_lr_ratio <= 1,
+             f"optim.min_lr_ratio={optim.min_lr_ratio}; it must be a number in [0, 1]")
+
+
 def check_eval(eval_cfg: DictConfig, kind: str) -> None:
     """Sample counts and the teacher's samplers."""
     if kind == "toy":
@@ -158,5 +171,6 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask:
         task = ToyTask(mixture)
     check_loss(cfg.loss)
     check_train(cfg.train, cfg.student)
+    check_optim(cfg.optim)
     check_eval(cfg.eval, kind)
     return task

@@ -20,6 +20,7 @@ from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.pairs import generate_pairs, load_pairs
+from distill.schedule import budget_progress, lr_factor, set_lr_factor
 from distill.tasks import PLOT_SAMPLES
 from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
@@ -84,6 +85,17 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
         ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
         gan_head=head,
     )
+
+
+def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, train: DictConfig, counters: Counters) -> float:
+    """Set every optimizer's learning rate for the next step; the factor is the same on every process."""
+    progress = budget_progress(counters.step, train.max_steps, counters.train_seconds, train.max_minutes)
+    if accelerator.num_processes > 1:  # wall clocks differ a little between processes; take the furthest
+        progress = accelerator.reduce(torch.tensor([progress], device=accelerator.device), reduction="max").item()
+    factor = lr_factor(progress, optim.lr_schedule, optim.min_lr_ratio)
+    for optimizer in optimizers:
+        set_lr_factor(optimizer, factor)
+    return factor
 
 
 def random_batch(tensors, batch_size: int, device):
@@ -229,7 +241,8 @@ def run(cfg: DictConfig) -> dict:
     with StopRequest() as stop:
         for _ in bar:
             # Update the fake score N times, then the student, then the EMA.
-            logs = distill_step(ctx, guard, counters)
+            factor = apply_lr_schedule(accelerator, (opt_g, opt_f), cfg.optim, train, counters)
+            logs = distill_step(ctx, guard, counters) | {"lr/factor": factor}
             if state.ema is not None:
                 state.ema.step(state.student.parameters())
             done, counters.train_seconds = counters.step, budget.seconds()

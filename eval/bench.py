@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from eval.harness import read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns, timed_sampling
 from eval.images import draw_inputs
+from eval.samplers import SAMPLERS
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path
+
+
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's core and thread counts: what the seconds were measured on."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def parse_sampler(text: str) -> dict:
+    """'heun:18' -> {'name': 'heun', 'num_steps': 18}; argparse turns the ValueError into a usage error."""
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}'; use name:num_steps with name in {', '.join(SAMPLERS)} and num_steps >= 1")
+    return {"name": name, "num_steps": int(steps)}
 
 
 def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: int, device,
@@ -29,7 +46,8 @@ def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: 
     speedup = {label: seconds[label] / seconds[student_key] for label in fns}
     return {
         label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": speedup[label],
-                "speedup_over_nfe": speedup[label] / (fn.nfe / student_fn.nfe), "batch_size": batch_size, "device": str(device)}
+                "speedup_over_nfe": speedup[label] / (fn.nfe / student_fn.nfe), "batch_size": batch_size, "device": str(device),
+                "device_name": device_name(device)}
         for label, fn in fns.items()
     }
 
@@ -38,7 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("teacher", help="teacher folder, zoo:<name> or hub id")
     parser.add_argument("student", help="an exported student/ folder")
-    parser.add_argument("--samplers", nargs="+", default=["heun:18"], help="name:num_steps of the teacher's samplers")
+    parser.add_argument("--samplers", nargs="+", type=parse_sampler, default=[parse_sampler("heun:18")],
+                        help="name:num_steps of the teacher's samplers")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as json here")
@@ -46,8 +65,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
     student = load_denoiser(args.student, key="student").to(device)
-    samplers = [{"name": s.split(":")[0], "num_steps": int(s.split(":")[1])} for s in args.samplers]
-    figures = benchmark(teacher, student, samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student))
+    figures = benchmark(teacher, student, args.samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student))
     for label, entry in figures.items():
         print(f"{label:24s} NFE {entry['nfe']:3d}  {1000 * entry['seconds_per_sample']:8.3f} ms/sample  "
               f"student is {entry['student_speedup']:7.2f}x faster ({entry['speedup_over_nfe']:.2f} x NFE)")

@@ -1,4 +1,5 @@
 """DMD2: the two time-scale rule, backward simulation, the GAN head and losses, multi-step students, bad input."""
+import argparse
 import json
 import math
 
@@ -12,7 +13,7 @@ from distill.config import validate
 from distill.gan import Critic, build_head, discriminator_loss, find_bottleneck, frozen, generator_loss
 from distill.generator import StudentGenerator, trainable_copy
 from distill.loop import run
-from eval.bench import benchmark
+from eval.bench import benchmark, parse_sampler
 from eval.harness import student_sample_fn
 from eval.run import student_sigmas
 from teachers.errors import ConfigError
@@ -164,6 +165,14 @@ def test_bench_times_a_multistep_student_on_its_own_steps():
     assert student_row["nfe"] == 4 and student_row["student_speedup"] == student_row["speedup_over_nfe"] == 1.0
     # per network evaluation: 4 student NFE against 3 teacher NFE
     assert teacher_row["speedup_over_nfe"] == pytest.approx(teacher_row["student_speedup"] * 4 / 3)
+    assert student_row["device_name"].startswith("cpu (")  # what the seconds were measured on
+
+
+@pytest.mark.parametrize("text", ["heun", "heun:x", "heun:0", "rk4:8"])
+def test_bench_refuses_a_malformed_sampler_with_a_usage_error(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="name:num_steps"):
+        parse_sampler(text)
+    assert parse_sampler("euler:2") == {"name": "euler", "num_steps": 2}
 
 
 def test_dmd2_image_run_with_a_four_step_student(tmp_path):

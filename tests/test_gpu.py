@@ -48,6 +48,7 @@ def test_bench_on_the_gpu(tmp_path):
     teacher, student = (load_denoiser(run_dir / name).cuda() for name in ("teacher", "student"))
     figures = benchmark(teacher, student, [{"name": "heun", "num_steps": 4}], batch_size=64, repeats=2, device=torch.device("cuda"))
     assert figures["student_nfe1"]["device"] == "cuda" and figures["teacher_heun_nfe7"]["student_speedup"] > 1
+    assert figures["student_nfe1"]["device_name"] == torch.cuda.get_device_name()
 
 
 def test_torchmetrics_cross_check_on_the_gpu():
