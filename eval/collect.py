@@ -2,7 +2,8 @@
 
     python -m eval.collect ROOT [--keys KEY ...] [--figures FIG ...] [--out FILE] [--plot KEY:FIG --plot-out PNG]
 
-KEY is a dotted config key (loss.guidance_scale) or a command-line override of the run (experiment).
+KEY is a dotted config key (loss.guidance_scale), a command-line override of the run (experiment), or
+log.<name>: the run's last train_log.jsonl record (log.step, log.time/train_minutes: where a time-capped run stopped).
 """
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
 
 
+def last_log_record(run_dir: Path) -> dict:
+    """The last scalar record of the run's train_log.jsonl ({} when there is none)."""
+    path = run_dir / "train_log.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def load_runs(root: Path) -> list[dict]:
-    """Every run under root that has a metrics.json: {'run', 'config', 'overrides', 'metrics'}, in natural order."""
+    """Every run under root that has a metrics.json: {'run', 'config', 'overrides', 'metrics', 'last_log'}, in natural order."""
     runs = []
     for path in sorted(root.rglob("metrics.json"), key=natural_key):
         cfg_path = path.parent / "config.yaml"
@@ -44,12 +52,16 @@ def load_runs(root: Path) -> list[dict]:
         runs.append({
             "run": path.parent.relative_to(root).as_posix(), "config": config,
             "overrides": read_overrides(path.parent), "metrics": json.loads(path.read_text()),
+            "last_log": last_log_record(path.parent),
         })
     return runs
 
 
 def run_value(run: dict, key: str):
-    """The config value, else the run's command-line override (e.g. experiment, which leaves no config key)."""
+    """The config value, else the run's command-line override (e.g. experiment, which leaves no config key);
+    log.<name> reads the run's last train_log.jsonl record."""
+    if key.startswith("log."):
+        return run.get("last_log", {}).get(key.removeprefix("log."))
     value = config_value(run["config"], key)
     return run.get("overrides", {}).get(key) if value is None else value
 
@@ -100,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print (or write) the table of every run under ROOT."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root", type=Path, help="a folder of runs (a hydra multirun folder, or runs/<experiment>)")
-    parser.add_argument("--keys", nargs="*", default=[], help="config keys to show, e.g. loss.dmd_weight optim.fake_lr")
+    parser.add_argument("--keys", nargs="*", default=[], help="config keys to show, e.g. loss.dmd_weight optim.fake_lr; log.step for the last logged step")
     parser.add_argument("--figures", nargs="*", default=list(DEFAULT_FIGURES), help="metrics.json fields to show")
     parser.add_argument("--samplers", nargs="*", default=None, help="only these metrics.json entries")
     parser.add_argument("--out", type=Path, default=None, help="write the table here instead of printing it")

@@ -54,3 +54,15 @@ def test_collect_rejects_a_plot_of_an_unlisted_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "sweep"), "--keys", "experiment", "--figures", "fid", "--plot", "loss.guidance_scale:fid"])
     assert "--plot loss.guidance_scale:fid" in capsys.readouterr().err
+
+
+def test_collect_shows_where_a_time_capped_run_stopped(tmp_path):
+    """log.<name> keys read the last train_log.jsonl record; a run without a log gets an empty cell."""
+    _fake_run(tmp_path / "sweep" / "0", 1e-4, 1.0)
+    _fake_run(tmp_path / "sweep" / "1", 1e-3, 2.0)
+    records = [{"step": 25, "time/train_minutes": 0.5}, {"step": 41, "time/train_minutes": 0.75}]
+    (tmp_path / "sweep" / "0" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "table.md"
+    main([str(tmp_path / "sweep"), "--keys", "log.step", "log.time/train_minutes", "--figures", "fd",
+          "--samplers", "student_nfe1", "--out", str(out)])
+    assert out.read_text().splitlines()[2:] == ["| 0 | student_nfe1 | 41 | 0.75 | 1 |", "| 1 | student_nfe1 |  |  | 2 |"]

@@ -8,7 +8,6 @@ The tables and the plots come from eval.collect (the same as `python -m eval.col
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -56,8 +55,7 @@ def budget_rows(root: Path, teacher_fid: float | None) -> list[dict]:
     rows = []
     for run in load_runs(root) if root.is_dir() else []:
         student = next(k for k in run["metrics"] if k.startswith("student"))
-        last = json.loads((root / run["run"] / "train_log.jsonl").read_text().splitlines()[-1])
-        fid = run["metrics"][student]["fid"]
+        fid, last = run["metrics"][student]["fid"], run["last_log"]
         rows.append({
             "run": run["run"], "steps reached": last["step"], "train minutes": last["time/train_minutes"],
             "batch": run["config"]["train"]["batch_size"], "fake updates / step": run["config"]["train"]["num_fake_steps_per_student_step"],

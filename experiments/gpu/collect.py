@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from eval.collect import full_teacher, markdown_table
+from eval.collect import full_teacher, last_log_record, markdown_table
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- table:start -->", "<!-- table:end -->"
@@ -26,7 +26,7 @@ def fid_rows(runs: Path) -> tuple[list[dict], str]:
     rows = []
     for name, metrics in evaluated.items():
         student = metrics[next(k for k in metrics if k.startswith("student_"))]
-        last = json.loads((runs / name / "distill" / "train_log.jsonl").read_text().splitlines()[-1])
+        last = last_log_record(runs / name / "distill")
         rows.append({
             "experiment": name, "student NFE": student["nfe"], "student updates": last["step"],
             "training minutes": last.get("time/train_minutes"), "FID": student["fid"],

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from eval.collect import full_teacher, markdown_table
+from eval.collect import full_teacher, last_log_record, markdown_table
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- table:start -->", "<!-- table:end -->"
@@ -48,7 +48,7 @@ def target_lines(metrics: dict, wall_file: Path, bench_file: Path) -> list[str]:
                      f"the full teacher = {b['speedup_over_nfe']:.2f} x NFE; target >= 0.8 x NFE: "
                      f"{'met' if b['speedup_over_nfe'] >= 0.8 else 'NOT met'}")
     if wall_file.is_file():
-        last = json.loads((wall_file.parent / "train_log.jsonl").read_text().splitlines()[-1])
+        last = last_log_record(wall_file.parent)
         loop = f"; training loop {last['time/train_minutes']:.1f} min" if "time/train_minutes" in last else ""
         lines.append(f"- `python -m distill` wall time: {int(wall_file.read_text()) / 60:.1f} min for {last['step']} steps{loop} "
                      "(the wall time includes its own 2,000-sample evaluation, and the teacher ODE pairs unless the run dir has them); "
