@@ -89,6 +89,8 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
 
 def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, train: DictConfig, counters: Counters) -> float:
     """Set every optimizer's learning rate for the next step; the factor is the same on every process."""
+    if optim.lr_schedule == "constant":  # nothing to set, and no all-reduce on every step
+        return 1.0
     progress = budget_progress(counters.step, train.max_steps, counters.train_seconds, train.max_minutes)
     if accelerator.num_processes > 1:  # wall clocks differ a little between processes; take the furthest
         progress = accelerator.reduce(torch.tensor([progress], device=accelerator.device), reduction="max").item()

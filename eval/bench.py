@@ -44,10 +44,11 @@ def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: 
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
     speedup = {label: seconds[label] / seconds[student_key] for label in fns}
+    name = device_name(device)
     return {
         label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": speedup[label],
                 "speedup_over_nfe": speedup[label] / (fn.nfe / student_fn.nfe), "batch_size": batch_size, "device": str(device),
-                "device_name": device_name(device)}
+                "device_name": name}
         for label, fn in fns.items()
     }
 

@@ -42,12 +42,12 @@ def bench_rows(results: Path) -> list[dict]:
     rows = []
     for path in sorted(results.glob("bench_*.json")):
         figures = json.loads(path.read_text())
-        full = figures[full_teacher(figures)]
-        student_label = next(k for k in figures if k.startswith("student_"))
+        teacher_label = full_teacher(figures)
+        full, student_label = figures[teacher_label], next(k for k in figures if k.startswith("student_"))
         rows.append({
             "file": path.name, "device": full["device"], "batch": full["batch_size"], "student": student_label,
             "student ms / sample": 1000 * figures[student_label]["seconds_per_sample"],
-            "teacher": full_teacher(figures), "teacher ms / sample": 1000 * full["seconds_per_sample"],
+            "teacher": teacher_label, "teacher ms / sample": 1000 * full["seconds_per_sample"],
             "speedup": full["student_speedup"], "speedup / NFE ratio": full["speedup_over_nfe"],
         })
     return rows

@@ -4,8 +4,8 @@
 # against the teacher at 1 to 35 NFE with the throughput bench (experiments/mnist/run.sh, DISTILL=0).
 # Usage: [MINUTES=5] [PY=python3] [EXPERIMENTS="mnist_dmd2 mnist_dmd2_4step mnist_ttur"] [EXTRA="train.batch_size=128"]
 #        bash experiments/gpu/run.sh [OUT=runs/gpu]
-# EXTRA: hydra overrides given to every run. Each run has its own eval cache: runs that finish together would
-# otherwise compute the same reference statistics into one folder at once.
+# EXTRA: hydra overrides given to every run. The runs share the eval cache: when several compute the same reference
+# statistics at once, the first complete folder is kept (teachers/io.py:write_folder_atomic).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PY=${PY:-.venv/bin/python}
@@ -16,7 +16,7 @@ EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
 for exp in $EXPERIMENTS; do
   $PY -m distill experiment=$exp train.max_steps=1000000 train.max_minutes=$MINUTES train.checkpoint_every=1000 \
-    train.plot_every=1000 eval.num_samples=5000 eval.cache_dir=$OUT/$exp/cache hydra.run.dir=$OUT/$exp/distill $EXTRA \
+    train.plot_every=1000 eval.num_samples=5000 hydra.run.dir=$OUT/$exp/distill $EXTRA \
     > $OUT/$exp.log 2>&1 &
 done
 wait
