@@ -1,0 +1,86 @@
+"""What the domain features see in a student's samples: the class spread (by the shipped MNIST classifier), its
+mean top-class probability, and the mean pixel value (ink). A diagnosis beside FID, e.g. 1-step vs 4-step.
+
+The first row is the same statistics on the MNIST training split (the FID reference of experiments/gpu); with
+--teacher, the next is the teacher's Heun sampler from the same noise.
+`python experiments/gpu/sample_stats.py STUDENT_DIR ... [--teacher zoo:mnist_uncond [--heun-steps 18]]
+[--num-samples 2000] [--seed 1234] [--out FILE]`
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from eval.collect import markdown_table
+from eval.features import DomainClassifier
+from eval.harness import read_student_sigmas, student_sample_fn, teacher_sample_fns
+from teachers.data import load_images
+from teachers.io import load_denoiser
+from teachers.zoo import resolve_model_path, zoo_path
+
+BATCH = 250
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@torch.no_grad()
+def image_stats(name: str, nfe: int | None, images: torch.Tensor, classifier: DomainClassifier) -> dict:
+    """One row: images per predicted class, mean top-class probability and mean pixel, images in [-1, 1]."""
+    probs = torch.cat([classifier.logits(b).softmax(1) for b in images.split(BATCH)])
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist()
+    return {
+        "images": name, "NFE": nfe, "per class 0-9": " ".join(map(str, counts)),
+        "mean top-class probability": float(probs.max(1).values.mean()), "mean pixel": float(images.mean()),
+    }
+
+
+@torch.no_grad()
+def student_stats(student_dir: str, classifier: DomainClassifier, noise: torch.Tensor) -> dict:
+    """The row of a student's samples from the given noise (its own sigma list for a k-step student)."""
+    student = load_denoiser(student_dir, key="student").eval()
+    fn = student_sample_fn(student, read_student_sigmas(student_dir))
+    x = torch.cat([fn.fn(z) for z in noise.split(BATCH)]).clamp(-1, 1)
+    return image_stats(student_dir, fn.nfe, x, classifier)
+
+
+@torch.no_grad()
+def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, noise: torch.Tensor) -> dict:
+    """The row of the teacher's Heun sampler (2 x steps - 1 NFE) from the same noise."""
+    teacher = load_denoiser(resolve_model_path(path)).eval()
+    (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
+    x = torch.cat([fn.fn(z) for z in tqdm(noise.split(BATCH), desc=label)]).clamp(-1, 1)
+    return image_stats(f"{path} ({label})", fn.nfe, x, classifier)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("students", nargs="+", help="exported student folders (a run's student/)")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1234, help="the noise seed, the same for every student")
+    parser.add_argument("--teacher", help="also the teacher's Heun samples, e.g. zoo:mnist_uncond")
+    parser.add_argument("--heun-steps", type=int, default=18, help="the teacher's Heun steps (18: 35 NFE)")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        parser.error(f"--num-samples={args.num_samples}: give a positive number")
+    if args.heun_steps < 1:
+        parser.error(f"--heun-steps={args.heun_steps}: give a positive number")
+    classifier = DomainClassifier.from_pretrained(zoo_path("mnist_classifier")).eval()
+    noise = torch.randn(args.num_samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+    real, _ = load_images(OmegaConf.load(CONFIGS / "data" / "mnist.yaml"), "train")
+    rows = [image_stats("MNIST training split", None, real, classifier)]
+    if args.teacher:
+        rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, noise))
+    rows += [student_stats(path, classifier, noise) for path in args.students]
+    table = markdown_table(rows, list(rows[0]))
+    if args.out:
+        args.out.write_text(table)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""experiments/gpu/sample_stats.py: the class spread and ink of a student's samples, one row per student."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from teachers.io import save_pretrained_atomic
+from conftest import tiny_unet_denoiser
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "sample_stats.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("sample_stats", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_row_per_student_with_every_sample_counted_once(tmp_path):
+    student = save_pretrained_atomic(tiny_unet_denoiser(size=28), tmp_path / "student")
+    table = load_script().main([str(student), str(student), "--num-samples", "30", "--out", str(tmp_path / "t.md")])
+    rows = [line for line in table.splitlines() if line.startswith(f"| {student}")]
+    real = next(line for line in table.splitlines() if line.startswith("| MNIST training split"))
+    assert sum(int(c) for c in real.split("|")[3].split()) == 4500  # the 90% training split of 5,000
+    assert len(rows) == 2 and rows[0] == rows[1]  # same noise seed, same student: same row
+    counts = [int(c) for c in rows[0].split("|")[3].split()]
+    assert len(counts) == 10 and sum(counts) == 30
+    assert (tmp_path / "t.md").read_text() == table
+
+
+def test_a_non_positive_sample_count_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit):
+        load_script().main([str(tmp_path), "--num-samples", "0"])
+    with pytest.raises(SystemExit):
+        load_script().main([str(tmp_path), "--heun-steps", "0"])
+
+
+def test_the_teacher_row_comes_from_its_heun_sampler(tmp_path):
+    teacher = save_pretrained_atomic(tiny_unet_denoiser(size=28), tmp_path / "teacher")
+    table = load_script().main([str(teacher), "--teacher", str(teacher), "--heun-steps", "2", "--num-samples", "8"])
+    row = next(line for line in table.splitlines() if "(teacher_heun_nfe3)" in line)
+    assert row.split("|")[2].strip() == "3"
