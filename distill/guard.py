@@ -16,12 +16,15 @@ EXIT_NON_FINITE = 3
 EXIT_SIGTERM = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
-def any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """True when flag is true on at least one process (an all-reduce when there are several)."""
-    value = torch.tensor([float(flag)], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        value = accelerator.reduce(value, reduction="sum")
-    return bool(value.item() > 0)
+def any_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+    """True when flag (a bool, or a one-element tensor on any device) is true on at least one process.
+
+    One process: no device tensor is made for a Python flag (each would be a host-device round trip per step);
+    several: an all-reduce."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    value = torch.as_tensor(flag, device=accelerator.device).float().reshape(1)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
 class NonFiniteGuard:

@@ -25,7 +25,7 @@ from distill.tasks import PLOT_SAMPLES
 from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
-from distill.steps import fake_step, student_step
+from distill.steps import fake_step, scalars, student_step
 from teachers.errors import ConfigError, TrainingStopped
 from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
@@ -153,7 +153,7 @@ class StepContext:
         return sample_dmd_sigma(n, **self.loss.gan_sigma, device=self.accelerator.device)
 
 
-def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, float]:
+def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, torch.Tensor | float]:
     """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them."""
     logs, train, loss, step, n = {}, ctx.train, ctx.loss, counters.step + 1, ctx.train.batch_size
     if loss.dmd_weight > 0 or uses_gan(loss):
@@ -252,8 +252,9 @@ def run(cfg: DictConfig) -> dict:
             # Log scalars, plot samples.
             if out_of_time or is_due(done, train.log_every, train.max_steps):
                 totals = {f"skipped_total/{k}": float(v) for k, v in guard.skipped.items()}
-                scalar_log.log(logs | totals | {"time/train_minutes": counters.train_seconds / 60}, step=done)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
+                logged = scalars(logs) | totals | {"time/train_minutes": counters.train_seconds / 60}
+                scalar_log.log(logged, step=done)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss")}, refresh=False)
             if main and is_due(done, train.plot_every, train.max_steps):
                 task.plot(plain_generator, z_plot, cond_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
             # Save a checkpoint; on SIGTERM (preemption) save one and stop.

@@ -1,4 +1,4 @@
-"""One update of the fake score and one of the student; each returns a dict of scalars."""
+"""One update of the fake score and one of the student; each returns a dict of scalars (0-d tensors, or floats)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,20 +13,26 @@ from teachers.base import expand_sigma
 from teachers.loss import edm_weighted_error
 
 
-def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> tuple[float, bool]:
-    """Backward, clip the global grad norm, step; returns (grad norm before clipping, skipped).
+def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
+    """Backward, clip the global grad norm, step; returns (grad norm before clipping, a 0-d tensor; skipped).
 
-    A non-finite loss or grad norm on any process skips the optimizer step everywhere."""
+    A non-finite loss or grad norm on any process skips the optimizer step everywhere. That decision is the one
+    read from the device per update: the logged scalars stay tensors until they are written (see `scalars`)."""
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     max_norm = grad_clip if grad_clip else float("inf")
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    skipped = any_process(accelerator, not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)))
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm).detach()
+    skipped = any_process(accelerator, ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)))
     if skipped:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    return float(grad_norm), skipped
+    return grad_norm, skipped
+
+
+def scalars(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The step functions' logs as floats: each tensor is read from the device here, at logging time only."""
+    return {name: float(value) for name, value in logs.items()}
 
 
 @torch.no_grad()
@@ -52,7 +58,7 @@ def fake_step(
     real_batch: tuple[torch.Tensor, ...] | None = None,
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor | float]:
     """Train D_fake to denoise fresh student samples (of the same class labels, when conditional).
 
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
@@ -73,14 +79,14 @@ def fake_step(
         )
         x0, logits_fake, logits_real = x0_all[:n], logits[n : 2 * n], logits[2 * n :]
         loss_gan = discriminator_loss(logits_real, logits_fake).mean()
-        logs["loss/gan_discriminator"] = loss_gan.item()
-        logs["gan/real_accuracy"] = (logits_real > 0).float().mean().item()
-        logs["gan/fake_accuracy"] = (logits_fake < 0).float().mean().item()
+        logs["loss/gan_discriminator"] = loss_gan.detach()
+        logs["gan/real_accuracy"] = (logits_real > 0).float().mean().detach()
+        logs["gan/fake_accuracy"] = (logits_fake < 0).float().mean().detach()
     else:
         x0, loss_gan = fake_score(x_t, sigma, cond), 0.0
     loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()
     grad_norm, skipped = apply_update(accelerator, fake_weight * loss + gan_weight * loss_gan, fake_score, optimizer, grad_clip)
-    return logs | {"loss/fake_score": loss.item(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
+    return logs | {"loss/fake_score": loss.detach(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
 
 def student_step(
@@ -102,7 +108,7 @@ def student_step(
     critic=None,
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor | float]:
     """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
     with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma."""
     # One generator call for both batches: DDP allows one forward per backward.
@@ -117,17 +123,17 @@ def student_step(
         grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)), cond)
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
-        logs["loss/dmd"] = loss_dmd.item()
+        logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
         with frozen(critic):
             _, logits = critic(x + expand_sigma(gan_sigma, x) * torch.randn_like(x), gan_sigma, cond, with_logits=True)
         loss_gan = generator_loss(logits).mean()
         total = total + gan_weight * loss_gan
-        logs["loss/gan_generator"] = loss_gan.item()
+        logs["loss/gan_generator"] = loss_gan.detach()
     if regression_weight > 0:
         loss_reg = regression_loss(x_ref, y_ref, regression_distance, pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
-        logs["loss/regression"] = loss_reg.item()
+        logs["loss/regression"] = loss_reg.detach()
     logs["grad_norm/student"], skipped = apply_update(accelerator, total, generator, optimizer, grad_clip)
     logs["skipped/student"] = float(skipped)
     return logs

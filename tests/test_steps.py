@@ -56,3 +56,28 @@ def test_dmd_sigma_stays_in_the_configured_ramp():
     sigma = sample_dmd_sigma(10_000, **SIGMA)
     assert sigma.min() > 0.002 and sigma.max() < 80.0
     assert 1.0 < float(sigma.median()) < 5.0  # the middle of the Karras ramp is ~2.5
+
+
+def test_step_logs_stay_on_the_device_until_they_are_written():
+    """No per-step reads of logged scalars (each is a host-device sync on a GPU); `scalars` reads them at log time."""
+    from distill.steps import scalars
+
+    teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
+    student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    logs = fake_step(
+        accelerator=Accelerator(cpu=True), generator=StudentGenerator(student), fake_score=fake,
+        optimizer=torch.optim.AdamW(fake.parameters()), z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA),
+        sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
+    )
+    for name in ("loss/fake_score", "grad_norm/fake_score"):
+        assert isinstance(logs[name], torch.Tensor) and logs[name].ndim == 0 and not logs[name].requires_grad
+    floats = scalars(logs)
+    assert all(type(v) is float for v in floats.values()) and floats["loss/fake_score"] == logs["loss/fake_score"].item()
+
+
+def test_any_process_reads_a_device_flag_or_a_python_one():
+    from distill.guard import any_process
+
+    accelerator = Accelerator(cpu=True)
+    assert any_process(accelerator, True) and not any_process(accelerator, False)
+    assert any_process(accelerator, torch.tensor(True)) and not any_process(accelerator, torch.tensor([False]))
