@@ -13,10 +13,11 @@ OUT=${1:-runs/gpu}
 MINUTES=${MINUTES:-5}
 EXPERIMENTS=${EXPERIMENTS:-mnist_dmd2 mnist_dmd2_4step mnist_ttur}
 EXTRA=${EXTRA:-}
+eval "extra=($EXTRA)"  # shell words, so a quoted override may hold spaces: EXTRA="'eval.teacher_samplers=[{name: heun, num_steps: 18}]'"
 mkdir -p "$OUT"
 for exp in $EXPERIMENTS; do
   $PY -m distill experiment=$exp train.max_steps=1000000 train.max_minutes=$MINUTES train.checkpoint_every=1000 \
-    train.plot_every=1000 eval.num_samples=5000 hydra.run.dir=$OUT/$exp/distill $EXTRA \
+    train.plot_every=1000 eval.num_samples=5000 hydra.run.dir=$OUT/$exp/distill "${extra[@]}" \
     > $OUT/$exp.log 2>&1 &
 done
 wait
