@@ -150,3 +150,20 @@ class InceptionCleanFID(nn.Module):
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Features (N, D) float64 of images NCHW in [-1, 1]."""
     return torch.cat([extractor(x).double().cpu() for x in images.split(batch_size)]).numpy()
+
+
+@torch.no_grad()
+def class_probabilities(classifier: DomainClassifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Softmax class probabilities (N, C) float64 on the CPU of images NCHW in [-1, 1]."""
+    return torch.cat([classifier.logits(x).double().softmax(1).cpu() for x in images.split(batch_size)])
+
+
+def class_spread(probs: torch.Tensor) -> tuple[list[int], float]:
+    """Images per predicted class, and the mean top-class probability (how clear-cut the images are)."""
+    return torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist(), float(probs.max(1).values.mean())
+
+
+def class_total_variation(counts_a: list[int], counts_b: list[int]) -> float:
+    """Total variation distance of two class histograms, 0 (same spread) to 1 (disjoint): mode coverage beside FID."""
+    a, b = torch.tensor(counts_a, dtype=torch.float64), torch.tensor(counts_b, dtype=torch.float64)
+    return float(0.5 * (a / a.sum() - b / b.sum()).abs().sum())

@@ -10,7 +10,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from eval.features import (
-    INCEPTION_FILES, InceptionCleanFID, InceptionTorchmetrics, extract, find_inception, load_or_train_classifier,
+    INCEPTION_FILES, DomainClassifier, InceptionCleanFID, InceptionTorchmetrics, class_probabilities, class_spread,
+    class_total_variation, extract, find_inception, load_or_train_classifier,
 )
 from teachers.io import sha256_of
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
@@ -142,10 +143,27 @@ def evaluate_images(
         if eval_cfg.cross_check:
             entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images.to(device), samples[label])
         metrics[label] = entry
+    if isinstance(extractor.net, DomainClassifier):
+        add_class_spread(metrics, extractor.net, ref_images.to(device), samples, full_sampler)
     grid_panels = {full_sampler: samples[full_sampler], **{k: v for k, v in samples.items() if k.startswith("student")}}
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def add_class_spread(metrics: dict[str, dict], classifier: DomainClassifier, ref_images: torch.Tensor,
+                     samples: dict[str, torch.Tensor], full_sampler: str) -> None:
+    """Per sampler, the domain classifier's view of mode coverage: `class_counts`, `mean_top_class_probability`,
+    and `class_tv` / `class_tv_vs_teacher`, the total variation of its class spread from the reference images' and
+    from the full sampler's (a one-step student can lose modes that FID only shows as a number)."""
+    reference_counts, _ = class_spread(class_probabilities(classifier, ref_images))
+    spread = {label: class_spread(class_probabilities(classifier, x)) for label, x in samples.items()}
+    for label, (counts, top) in spread.items():
+        metrics[label] |= {
+            "class_counts": counts, "mean_top_class_probability": top,
+            "class_tv": class_total_variation(counts, reference_counts),
+            "class_tv_vs_teacher": class_total_variation(counts, spread[full_sampler][0]),
+        }
 
 
 def full_sampler_label(labels: list[str]) -> str:

@@ -1,9 +1,9 @@
-"""FID: zero on itself, the closed form for shifted Gaussians, clean-fid vs torchmetrics, the Inception file checks."""
+"""FID: zero on itself, the closed form for shifted Gaussians, clean-fid vs torchmetrics, the Inception file checks; the class-spread figures."""
 import numpy as np
 import pytest
 import torch
 
-from eval.features import INCEPTION_FILES, DomainClassifier, extract, find_inception
+from eval.features import INCEPTION_FILES, DomainClassifier, class_spread, class_total_variation, extract, find_inception
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, save_stats, stats_of
 from teachers.errors import ConfigError
 
@@ -73,3 +73,15 @@ def test_inception_weights_with_the_wrong_hash_are_refused(tmp_path):
         find_inception("torchmetrics", str(fake))
     with pytest.raises(ConfigError, match="not the expected Inception weights"):
         find_inception("clean-fid", str(fake), sha256="0123abcd")
+
+
+def test_class_total_variation_known_answers():
+    assert class_total_variation([3, 1], [6, 2]) == 0  # the same spread at another sample count
+    assert class_total_variation([5, 0], [0, 7]) == 1  # disjoint
+    assert class_total_variation([1, 1], [2, 0]) == pytest.approx(0.5)
+
+
+def test_class_spread_counts_the_argmax_and_averages_the_top_probability():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], dtype=torch.float64)
+    counts, top = class_spread(probs)
+    assert counts == [2, 1, 0] and top == pytest.approx((0.9 + 0.7 + 0.6) / 3)

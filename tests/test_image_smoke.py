@@ -12,7 +12,8 @@ from distill.loop import run
 from teachers.errors import ConfigError
 from teachers.io import save_pretrained_atomic
 
-IMAGE_KEYS = {"nfe", "num_samples", "seconds_per_sample", "fid", "fid_vs_teacher", "fid_torchmetrics", "feature_extractor", "seed"}
+IMAGE_KEYS = {"nfe", "num_samples", "seconds_per_sample", "fid", "fid_vs_teacher", "fid_torchmetrics", "feature_extractor", "seed",
+              "class_counts", "mean_top_class_probability", "class_tv", "class_tv_vs_teacher"}
 
 
 def tiny_overrides(run_dir, cache_dir, *extra):
@@ -35,6 +36,8 @@ def test_tiny_unet_run_writes_every_output(image_run):
         pngs = sorted((run_dir / "samples" / label).glob("*.png"))
         assert len(pngs) == 64 and Image.open(pngs[0]).size == (8, 8)
     assert on_disk["teacher_heun_nfe3"]["fid_vs_teacher"] == pytest.approx(0, abs=1e-3)
+    assert on_disk["teacher_heun_nfe3"]["class_tv_vs_teacher"] == 0 and sum(on_disk["student_nfe1"]["class_counts"]) == 64
+    assert 0 <= on_disk["student_nfe1"]["class_tv"] <= 1
     assert (run_dir / "grids" / "teacher_student.png").is_file() and (run_dir / "grids" / "step-000002.png").is_file()
     assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
     assert len(list((run_dir / "pairs").glob("shard-*"))) == 2

@@ -1,5 +1,6 @@
 """What the domain features see in a student's samples: the class spread (by the shipped MNIST classifier), its
-mean top-class probability, and the mean pixel value (ink). A diagnosis beside FID, e.g. 1-step vs 4-step.
+mean top-class probability, and the mean pixel value (ink). A diagnosis beside FID, e.g. 1-step vs 4-step;
+evaluation records the first two for every sampler (metrics.json: class_counts, class_tv, ...).
 
 The first row is the same statistics on the MNIST training split (the FID reference of experiments/gpu); with
 --teacher, the next is the teacher's Heun sampler from the same noise.
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from eval.collect import markdown_table
-from eval.features import DomainClassifier
+from eval.features import DomainClassifier, class_probabilities, class_spread
 from eval.harness import read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 from teachers.io import load_denoiser
@@ -26,14 +27,12 @@ BATCH = 250
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@torch.no_grad()
 def image_stats(name: str, nfe: int | None, images: torch.Tensor, classifier: DomainClassifier) -> dict:
     """One row: images per predicted class, mean top-class probability and mean pixel, images in [-1, 1]."""
-    probs = torch.cat([classifier.logits(b).softmax(1) for b in images.split(BATCH)])
-    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist()
+    counts, top = class_spread(class_probabilities(classifier, images, BATCH))
     return {
         "images": name, "NFE": nfe, "per class 0-9": " ".join(map(str, counts)),
-        "mean top-class probability": float(probs.max(1).values.mean()), "mean pixel": float(images.mean()),
+        "mean top-class probability": top, "mean pixel": float(images.mean()),
     }
 
 
