@@ -119,11 +119,11 @@ def evaluate_images(
     """FID of every sampler vs the reference data and vs the teacher's full sampler; metrics.json, PNGs and a grid."""
     extractor, extra = build_extractor(data_cfg, eval_cfg, seed=eval_cfg.seed)
     extractor.net.to(device)
-    ref_images, _ = load_images(data_cfg, eval_cfg.reference_split)
+    ref_images = load_images(data_cfg, eval_cfg.reference_split)[0].to(device)  # on the device once, for every use below
     if eval_cfg.get("reference_stats"):
         reference = published_stats(eval_cfg.reference_stats, extractor)
     else:
-        reference = reference_stats(extractor, ref_images.to(device), data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
+        reference = reference_stats(extractor, ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
     noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     samples, stats, seconds = {}, {}, {}
@@ -141,10 +141,10 @@ def evaluate_images(
             "fid_vs_teacher": fid(stats[label], stats[full_sampler]), **extra,
         }
         if eval_cfg.cross_check:
-            entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images.to(device), samples[label])
+            entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images, samples[label])
         metrics[label] = entry
     if isinstance(extractor.net, DomainClassifier):
-        add_class_spread(metrics, extractor.net, ref_images.to(device), samples, full_sampler)
+        add_class_spread(metrics, extractor.net, ref_images, samples, full_sampler)
     grid_panels = {full_sampler: samples[full_sampler], **{k: v for k, v in samples.items() if k.startswith("student")}}
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)

@@ -6,7 +6,8 @@ from accelerate import Accelerator
 
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
-from distill.steps import fake_step, student_step
+from distill.guard import any_process
+from distill.steps import fake_step, scalars, student_step
 from teachers.mlp import MLPDenoiser
 
 SIGMA = {"min": 0.002, "max": 80.0, "rho": 7.0, "t_min": 0.02, "t_max": 0.98}
@@ -60,8 +61,6 @@ def test_dmd_sigma_stays_in_the_configured_ramp():
 
 def test_step_logs_stay_on_the_device_until_they_are_written():
     """No per-step reads of logged scalars (each is a host-device sync on a GPU); `scalars` reads them at log time."""
-    from distill.steps import scalars
-
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
     logs = fake_step(
@@ -76,8 +75,6 @@ def test_step_logs_stay_on_the_device_until_they_are_written():
 
 
 def test_any_process_reads_a_device_flag_or_a_python_one():
-    from distill.guard import any_process
-
     accelerator = Accelerator(cpu=True)
     assert any_process(accelerator, True) and not any_process(accelerator, False)
     assert any_process(accelerator, torch.tensor(True)) and not any_process(accelerator, torch.tensor([False]))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from eval.collect import markdown_table
 from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation
-from eval.harness import read_student_sigmas, student_sample_fn, teacher_sample_fns
+from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path, zoo_path
@@ -27,11 +27,10 @@ BATCH = 250
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def image_stats(name: str, nfe: int | None, images: torch.Tensor, classifier: DomainClassifier,
-                reference_counts: list[int]) -> dict:
-    """One row: images per predicted class, their total variation from the training split's, the mean top-class
-    probability and the mean pixel, images in [-1, 1]."""
-    counts, top = class_spread(class_probabilities(classifier, images, BATCH))
+def image_stats(name: str, nfe: int | None, images: torch.Tensor, probs: torch.Tensor, reference_counts: list[int]) -> dict:
+    """One row: images per predicted class (probs: the classifier's, per image), their total variation from the
+    training split's, the mean top-class probability and the mean pixel, images in [-1, 1]."""
+    counts, top = class_spread(probs)
     return {
         "images": name, "NFE": nfe, "per class 0-9": " ".join(map(str, counts)),
         "class TV vs data": class_total_variation(counts, reference_counts),
@@ -40,21 +39,23 @@ def image_stats(name: str, nfe: int | None, images: torch.Tensor, classifier: Do
 
 
 @torch.no_grad()
+def sampled_stats(name: str, fn: SampleFn, noise: torch.Tensor, classifier: DomainClassifier, reference_counts: list[int]) -> dict:
+    """The row of a sampler's images from the given noise, in batches, clamped to [-1, 1] as evaluation does."""
+    x = torch.cat([fn.fn(z) for z in tqdm(noise.split(BATCH), desc=name, mininterval=2)]).clamp(-1, 1)
+    return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), reference_counts)
+
+
 def student_stats(student_dir: str, classifier: DomainClassifier, noise: torch.Tensor, reference_counts: list[int]) -> dict:
-    """The row of a student's samples from the given noise (its own sigma list for a k-step student)."""
+    """The row of a student's samples (its own sigma list for a k-step student)."""
     student = load_denoiser(student_dir, key="student").eval()
-    fn = student_sample_fn(student, read_student_sigmas(student_dir))
-    x = torch.cat([fn.fn(z) for z in noise.split(BATCH)]).clamp(-1, 1)
-    return image_stats(student_dir, fn.nfe, x, classifier, reference_counts)
+    return sampled_stats(student_dir, student_sample_fn(student, read_student_sigmas(student_dir)), noise, classifier, reference_counts)
 
 
-@torch.no_grad()
 def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, noise: torch.Tensor, reference_counts: list[int]) -> dict:
-    """The row of the teacher's Heun sampler (2 x steps - 1 NFE) from the same noise."""
+    """The row of the teacher's Heun sampler (2 x steps - 1 NFE)."""
     teacher = load_denoiser(resolve_model_path(path)).eval()
     (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
-    x = torch.cat([fn.fn(z) for z in tqdm(noise.split(BATCH), desc=label)]).clamp(-1, 1)
-    return image_stats(f"{path} ({label})", fn.nfe, x, classifier, reference_counts)
+    return sampled_stats(f"{path} ({label})", fn, noise, classifier, reference_counts)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -73,8 +74,9 @@ def main(argv: list[str] | None = None) -> str:
     classifier = DomainClassifier.from_pretrained(zoo_path("mnist_classifier")).eval()
     noise = torch.randn(args.num_samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
     real, _ = load_images(OmegaConf.load(CONFIGS / "data" / "mnist.yaml"), "train")
-    reference_counts, _ = class_spread(class_probabilities(classifier, real, BATCH))
-    rows = [image_stats("MNIST training split", None, real, classifier, reference_counts)]
+    real_probs = class_probabilities(classifier, real, BATCH)
+    reference_counts, _ = class_spread(real_probs)
+    rows = [image_stats("MNIST training split", None, real, real_probs, reference_counts)]
     if args.teacher:
         rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, noise, reference_counts))
     rows += [student_stats(path, classifier, noise, reference_counts) for path in args.students]
