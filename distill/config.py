@@ -113,6 +113,8 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
         _require(_is_int(train[key]), f"train.{key}={train[key]}; it must be an integer")
     _check_positive(train, "train", POSITIVE_INT_TRAIN_KEYS)
     _require(train.grad_clip is None or train.grad_clip > 0, f"train.grad_clip={train.grad_clip}; use null or a number > 0")
+    reuse = train.reuse_student_samples
+    _require(isinstance(reuse, bool), f"train.reuse_student_samples={reuse}; use true or false")
     _require(train.ema_decay is None or 0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}; use null or a number in [0, 1)")
     _require(_is_int(train.keep_last) and train.keep_last >= 1, f"train.keep_last={train.keep_last}; keep at least 1 checkpoint")
     _require(

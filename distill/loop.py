@@ -138,6 +138,8 @@ class StepContext:
     num_classes: int | None
     loss: DictConfig
     train: DictConfig
+    recent: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the last student update's samples and labels
+
 
     def draw_z(self, n: int) -> torch.Tensor:
         return torch.randn(n, *self.shape, device=self.accelerator.device)
@@ -154,28 +156,38 @@ class StepContext:
 
 
 def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) -> dict[str, torch.Tensor | float]:
-    """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them."""
+    """N fake-score updates (DMD2's two time-scale rule), then one student update; counts and guards them.
+
+    With train.reuse_student_samples the first fake update trains on the last student update's samples, as DMD2's
+    guidance turn does: one generator forward fewer per student update."""
     logs, train, loss, step, n = {}, ctx.train, ctx.loss, counters.step + 1, ctx.train.batch_size
     if loss.dmd_weight > 0 or uses_gan(loss):
-        for _ in range(train.num_fake_steps_per_student_step):
+        for i in range(train.num_fake_steps_per_student_step):
+            reuse = i == 0 and ctx.recent is not None and len(ctx.recent[0]) == n
+            z, sigma = ctx.draw_z(n), ctx.sample_sigma(n)
+            x, cond = ctx.recent if reuse else (None, ctx.draw_cond(n))
             logs |= fake_step(
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
-                z=ctx.draw_z(n), sigma=ctx.sample_sigma(n), sigma_data=ctx.sigma_data,
-                fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=ctx.draw_cond(n),
+                z=z, sigma=sigma, sigma_data=ctx.sigma_data,
+                fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=cond,
                 real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
-                gan_weight=loss.gan_discriminator_weight,
+                gan_weight=loss.gan_discriminator_weight, x=x,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
     batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
-    logs |= student_step(
+    z = ctx.draw_z(n)
+    cond = ctx.draw_cond(n)
+    student_logs, x = student_step(
         accelerator=ctx.accelerator, generator=ctx.generator, real=ctx.real, fake_score=ctx.fake_score,
-        optimizer=ctx.student_optimizer, z=ctx.draw_z(train.batch_size), sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
+        optimizer=ctx.student_optimizer, z=z, sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-        cond=ctx.draw_cond(train.batch_size), critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
+        cond=cond, critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
         gan_weight=loss.gan_generator_weight,
     )
+    logs |= student_logs
+    ctx.recent = (x, cond) if train.reuse_student_samples else None
     guard.record("student", logs["skipped/student"] > 0, step)
     counters.step, counters.student_updates, counters.skipped = step, counters.student_updates + 1, guard.skipped
     return logs

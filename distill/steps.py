@@ -58,14 +58,17 @@ def fake_step(
     real_batch: tuple[torch.Tensor, ...] | None = None,
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
+    x: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | float]:
-    """Train D_fake to denoise fresh student samples (of the same class labels, when conditional).
+    """Train D_fake to denoise student samples (of the same class labels, when conditional): x when given (the last
+    student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now.
 
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
     and real images (x_real[, labels]), noised to gan_sigma (2B: student then real); the classifier loss
     trains the head and the fake score's backbone."""
-    with torch.no_grad():
-        x = generator(z, cond)
+    if x is None:
+        with torch.no_grad():
+            x = generator(z, cond)
     x_t = x + expand_sigma(sigma, x) * torch.randn_like(x)
     logs, n = {}, len(x)
     if gan_weight > 0:
@@ -108,9 +111,12 @@ def student_step(
     critic=None,
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
-) -> dict[str, torch.Tensor | float]:
+) -> tuple[dict[str, torch.Tensor | float], torch.Tensor]:
     """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
-    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma."""
+    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma.
+
+    Returns the logs and G(z, cond) as made before the update, detached (empty when dmd_weight is 0): a fake-score
+    update may train on them (train.reuse_student_samples)."""
     # One generator call for both batches: DDP allows one forward per backward.
     z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
     if dmd_weight == 0:
@@ -136,4 +142,4 @@ def student_step(
         logs["loss/regression"] = loss_reg.detach()
     logs["grad_norm/student"], skipped = apply_update(accelerator, total, generator, optimizer, grad_clip)
     logs["skipped/student"] = float(skipped)
-    return logs
+    return logs, x.detach()

@@ -36,6 +36,23 @@ def test_two_time_scale_rule_counts_its_updates_exactly(tmp_path):
     assert {float(v) for k, v in tensors["student_optimizer"].items() if k.endswith(".step")} == {3.0}
 
 
+@pytest.mark.parametrize("gan", [[], ["loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01"]])
+def test_reused_student_samples_save_one_generator_forward_per_update_after_the_first(tmp_path, monkeypatch, gan):
+    """train.reuse_student_samples: the first fake update of steps 2.. trains on the last student update's samples."""
+    calls = []
+    forward = StudentGenerator.forward
+    monkeypatch.setattr(StudentGenerator, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    overrides = [*TOY, *gan]
+    counts = {}
+    for reuse in (False, True):
+        calls.clear()
+        run(compose_config("train", [*overrides, "train.max_steps=3", "train.num_fake_steps_per_student_step=2",
+                                     "train.plot_every=1000", f"train.reuse_student_samples={reuse}", f"run_dir={tmp_path / str(reuse)}"]))
+        counts[reuse] = len(calls)
+        assert load_checkpoint(tmp_path / str(reuse) / "checkpoints" / "step-3")[1]["counters"]["fake_updates"] == 6
+    assert counts[False] - counts[True] == 2
+
+
 class _Recorder(torch.nn.Module):
     """Wraps a denoiser and records, per call, whether autograd was on and the sigmas it got."""
 

@@ -63,6 +63,7 @@ CASES = [
     ("distill", ["train.batch_size=0"]),
     ("distill", ["train.grad_clip=-1"]),
     ("distill", ["train.ema_decay=1.5"]),
+    ("distill", ["train.reuse_student_samples=1"]),
     ("distill", ["train.keep_last=0"]),
     ("distill", ["train.max_consecutive_skips=0"]),
     ("distill", ["train.resume_from=/nonexistent/step-9"]),

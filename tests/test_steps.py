@@ -34,15 +34,45 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
         sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
     )
     assert _changed(fake_before, fake) and not _changed(student_before, student)
-    logs |= student_step(
-        accelerator=accelerator, generator=generator, real=teacher, fake_score=fake, optimizer=opt_g, z=torch.randn(8, 2),
+    z = torch.randn(8, 2)
+    with torch.no_grad():
+        x_before_update = generator(z)
+    student_logs, x = student_step(
+        accelerator=accelerator, generator=generator, real=teacher, fake_score=fake, optimizer=opt_g, z=z,
         sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=(torch.randn(8, 2), torch.randn(8, 2)),
         dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0,
     )
+    logs |= student_logs
     assert _changed(student_before, student)
+    torch.testing.assert_close(x, x_before_update, rtol=0, atol=0)  # G(z) as made before the update, the pairs' apart
+    assert not x.requires_grad
     assert not _changed(teacher_before, teacher) and all(p.grad is None for p in teacher.parameters())
     assert set(logs) == {"loss/fake_score", "grad_norm/fake_score", "skipped/fake_score", "loss/dmd", "loss/regression", "grad_norm/student", "skipped/student"}
     assert logs["skipped/student"] == logs["skipped/fake_score"] == 0.0
+
+
+class CountingGenerator(torch.nn.Module):
+    """A student generator that counts its forwards."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator, self.calls = generator, 0
+
+    def forward(self, z, cond=None):
+        self.calls += 1
+        return self.generator(z, cond)
+
+
+def test_fake_step_trains_on_given_samples_without_calling_the_generator():
+    teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
+    fake, generator = trainable_copy(teacher), CountingGenerator(StudentGenerator(trainable_copy(teacher)))
+    fake_before = _params(fake)
+    fake_step(
+        accelerator=Accelerator(cpu=True), generator=generator, fake_score=fake, optimizer=torch.optim.AdamW(fake.parameters()),
+        z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
+        x=torch.randn(8, 2),
+    )
+    assert generator.calls == 0 and _changed(fake_before, fake)
 
 
 def test_student_copy_reproduces_teacher_before_training():
