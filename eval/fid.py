@@ -26,6 +26,22 @@ def stats_of(features: np.ndarray) -> Stats:
     return Stats(features.mean(0), np.cov(features, rowvar=False), len(features))
 
 
+def weighted_stats_of(features: np.ndarray, weights: np.ndarray) -> Stats:
+    """Gaussian fit of features (N, D) with per-row weights >= 0: weighted mean, covariance with the unbiased
+    (reliability-weights) factor, so uniform weights give stats_of exactly."""
+    w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    mu = w @ features
+    centred = features - mu
+    return Stats(mu, (centred.T * w) @ centred / (1.0 - np.sum(w**2)), len(features))
+
+
+def class_mix_weights(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-row weights that give each class (labels, ints) the share target[c] of the total weight: the re-weighting
+    behind 'FID at another class mix'. A class with a target share but no rows gets nothing (its share is lost)."""
+    counts = np.bincount(labels, minlength=len(target)).astype(np.float64)
+    return np.asarray(target, dtype=np.float64)[labels] / counts[labels]
+
+
 def fid(a: Stats, b: Stats) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017), through clean-fid."""
     return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
@@ -56,7 +72,10 @@ def fid_torchmetrics(extractor: torch.nn.Module, images_a: torch.Tensor, images_
 
     size = tuple(images_a.shape[1:])  # a custom extractor gets the images unchanged
     # torchmetrics probes a custom extractor with a CPU dummy image while it is built: build on a CPU copy, then move
-    metric = FrechetInceptionDistance(feature=copy.deepcopy(extractor).cpu(), normalize=True, input_img_size=size)
+    # sync_on_compute=False: only the main process evaluates a multi-process run; the others are not there to sync with
+    metric = FrechetInceptionDistance(
+        feature=copy.deepcopy(extractor).cpu(), normalize=True, input_img_size=size, sync_on_compute=False,
+    )
     metric = metric.to(images_a.device)
     for images, real in ((images_a, True), (images_b, False)):
         for x in images.split(batch_size):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eval.features import INCEPTION_FILES, DomainClassifier, class_spread, class_total_variation, extract, find_inception
-from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, save_stats, stats_of
+from eval.fid import Stats, cached_stats, class_mix_weights, fid, fid_torchmetrics, save_stats, stats_of, weighted_stats_of
 from teachers.errors import ConfigError
 
 
@@ -35,6 +35,24 @@ def test_clean_fid_and_torchmetrics_agree_on_the_same_features():
     ours = fid(stats_of(extract(extractor, images_a)), stats_of(extract(extractor, images_b)))
     theirs = fid_torchmetrics(extractor, images_a, images_b)
     assert ours > 0 and abs(ours - theirs) / ours < 1e-3
+
+
+def test_torchmetrics_fid_makes_no_collective_call_inside_a_process_group(monkeypatch):
+    """A torchrun run evaluates on the main process alone: a collective there waits for (or fails on) the others."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        def no_collectives(*args, **kwargs):
+            raise AssertionError("a collective call during a one-process evaluation")
+
+        for name in ("barrier", "all_gather", "all_reduce"):
+            monkeypatch.setattr(dist, name, no_collectives)
+        images = torch.rand(20, 1, 28, 28) * 2 - 1
+        assert fid_torchmetrics(DomainClassifier().eval(), images, images * 0.5) > 0
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
 
 
 def test_reference_statistics_are_computed_once(tmp_path):
@@ -85,3 +103,20 @@ def test_class_spread_counts_the_argmax_and_averages_the_top_probability():
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], dtype=torch.float64)
     counts, top = class_spread(probs)
     assert counts == [2, 1, 0] and top == pytest.approx((0.9 + 0.7 + 0.6) / 3)
+
+
+def test_weighted_stats_with_uniform_weights_are_the_plain_ones():
+    feats = np.random.default_rng(6).normal(size=(50, 3))
+    ours, plain = weighted_stats_of(feats, np.full(50, 7.0)), stats_of(feats)
+    np.testing.assert_allclose(ours.mu, plain.mu, rtol=1e-12)
+    np.testing.assert_allclose(ours.sigma, plain.sigma, rtol=1e-12)
+
+
+def test_class_mix_weights_give_each_class_its_target_share():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    w = class_mix_weights(labels, np.array([0.2, 0.5, 0.3]))
+    shares = np.bincount(labels, weights=w) / w.sum()
+    np.testing.assert_allclose(shares, [0.2, 0.5, 0.3])
+    # Two classes re-weighted from 3:1 to 1:1 move the weighted mean to the middle of the class means.
+    feats = np.array([[0.0], [0.0], [0.0], [4.0]])
+    assert weighted_stats_of(feats, class_mix_weights(np.array([0, 0, 0, 1]), np.array([0.5, 0.5]))).mu[0] == pytest.approx(2.0)

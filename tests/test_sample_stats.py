@@ -1,4 +1,4 @@
-"""experiments/gpu/sample_stats.py: the class spread and ink of a student's samples, one row per student."""
+"""experiments/gpu/sample_stats.py: the class spread, ink and class-mix split of FID of a student's samples, one row per student."""
 import importlib.util
 from pathlib import Path
 
@@ -28,6 +28,9 @@ def test_one_row_per_student_with_every_sample_counted_once(tmp_path):
     counts = [int(c) for c in rows[0].split("|")[3].split()]
     assert len(counts) == 10 and sum(counts) == 30
     assert (tmp_path / "t.md").read_text() == table
+    # FID, the data at its own class mix, and at the data's mix: the training split against itself scores 0 on all.
+    assert all(abs(float(cell)) < 1e-6 for cell in real.split("|")[7:10])
+    assert all(float(cell) >= 0 for cell in rows[0].split("|")[7:10])
 
 
 def test_a_non_positive_sample_count_is_a_usage_error(tmp_path):

@@ -2,6 +2,10 @@
 mean top-class probability, and the mean pixel value (ink). A diagnosis beside FID, e.g. 1-step vs 4-step;
 evaluation records the first two for every sampler (metrics.json: class_counts, class_tv, ...).
 
+FID is split by class balance: the FID of the training split re-weighted to the sampler's class mix (what the
+class spread alone costs) and the sampler's FID re-weighted to the training split's class mix (what is left
+when the spread is fixed: the quality within classes). Both on the classifier's features, against the training split.
+
 The first row is the same statistics on the MNIST training split (the FID reference of experiments/gpu); with
 --teacher, the next is the teacher's Heun sampler from the same noise.
 `python experiments/gpu/sample_stats.py STUDENT_DIR ... [--teacher zoo:mnist_uncond [--heun-steps 18]]
@@ -11,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from eval.collect import markdown_table
-from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation
+from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation, extract
+from eval.fid import Stats, class_mix_weights, fid, stats_of, weighted_stats_of
 from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 from teachers.io import load_denoiser
@@ -27,35 +34,55 @@ BATCH = 250
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def image_stats(name: str, nfe: int | None, images: torch.Tensor, probs: torch.Tensor, reference_counts: list[int]) -> dict:
+class Reference(NamedTuple):
+    """The training split as the classifier sees it: features (N, D), predicted labels (N,), class counts, stats."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    counts: list[int]
+    stats: Stats
+
+
+def reference_of(classifier: DomainClassifier, real: torch.Tensor) -> tuple[Reference, torch.Tensor]:
+    probs = class_probabilities(classifier, real, BATCH)
+    features, labels = extract(classifier, real, BATCH), probs.argmax(1).numpy()
+    return Reference(features, labels, class_spread(probs)[0], stats_of(features)), probs
+
+
+def image_stats(name: str, nfe: int | None, images: torch.Tensor, probs: torch.Tensor, features: np.ndarray, ref: Reference) -> dict:
     """One row: images per predicted class (probs: the classifier's, per image), their total variation from the
-    training split's, the mean top-class probability and the mean pixel, images in [-1, 1]."""
+    training split's, the mean top-class probability, the mean pixel (images in [-1, 1]), and FID split by class mix."""
     counts, top = class_spread(probs)
+    share = np.asarray(counts, dtype=np.float64) / len(probs)
+    data_share = np.asarray(ref.counts, dtype=np.float64) / len(ref.labels)
     return {
         "images": name, "NFE": nfe, "per class 0-9": " ".join(map(str, counts)),
-        "class TV vs data": class_total_variation(counts, reference_counts),
+        "class TV vs data": class_total_variation(counts, ref.counts),
         "mean top-class probability": top, "mean pixel": float(images.mean()),
+        "FID": fid(stats_of(features), ref.stats),
+        "FID of the data at this class mix": fid(weighted_stats_of(ref.features, class_mix_weights(ref.labels, share)), ref.stats),
+        "FID at the data's class mix": fid(weighted_stats_of(features, class_mix_weights(probs.argmax(1).numpy(), data_share)), ref.stats),
     }
 
 
 @torch.no_grad()
-def sampled_stats(name: str, fn: SampleFn, noise: torch.Tensor, classifier: DomainClassifier, reference_counts: list[int]) -> dict:
+def sampled_stats(name: str, fn: SampleFn, noise: torch.Tensor, classifier: DomainClassifier, ref: Reference) -> dict:
     """The row of a sampler's images from the given noise, in batches, clamped to [-1, 1] as evaluation does."""
     x = torch.cat([fn.fn(z) for z in tqdm(noise.split(BATCH), desc=name, mininterval=2)]).clamp(-1, 1)
-    return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), reference_counts)
+    return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), extract(classifier, x, BATCH), ref)
 
 
-def student_stats(student_dir: str, classifier: DomainClassifier, noise: torch.Tensor, reference_counts: list[int]) -> dict:
+def student_stats(student_dir: str, classifier: DomainClassifier, noise: torch.Tensor, ref: Reference) -> dict:
     """The row of a student's samples (its own sigma list for a k-step student)."""
     student = load_denoiser(student_dir, key="student").eval()
-    return sampled_stats(student_dir, student_sample_fn(student, read_student_sigmas(student_dir)), noise, classifier, reference_counts)
+    return sampled_stats(student_dir, student_sample_fn(student, read_student_sigmas(student_dir)), noise, classifier, ref)
 
 
-def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, noise: torch.Tensor, reference_counts: list[int]) -> dict:
+def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, noise: torch.Tensor, ref: Reference) -> dict:
     """The row of the teacher's Heun sampler (2 x steps - 1 NFE)."""
     teacher = load_denoiser(resolve_model_path(path)).eval()
     (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
-    return sampled_stats(f"{path} ({label})", fn, noise, classifier, reference_counts)
+    return sampled_stats(f"{path} ({label})", fn, noise, classifier, ref)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -74,12 +101,11 @@ def main(argv: list[str] | None = None) -> str:
     classifier = DomainClassifier.from_pretrained(zoo_path("mnist_classifier")).eval()
     noise = torch.randn(args.num_samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
     real, _ = load_images(OmegaConf.load(CONFIGS / "data" / "mnist.yaml"), "train")
-    real_probs = class_probabilities(classifier, real, BATCH)
-    reference_counts, _ = class_spread(real_probs)
-    rows = [image_stats("MNIST training split", None, real, real_probs, reference_counts)]
+    ref, real_probs = reference_of(classifier, real)
+    rows = [image_stats("MNIST training split", None, real, real_probs, ref.features, ref)]
     if args.teacher:
-        rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, noise, reference_counts))
-    rows += [student_stats(path, classifier, noise, reference_counts) for path in args.students]
+        rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, noise, ref))
+    rows += [student_stats(path, classifier, noise, ref) for path in args.students]
     table = markdown_table(rows, list(rows[0]))
     if args.out:
         args.out.write_text(table)
