@@ -47,17 +47,29 @@ def mlp_head(features: int) -> nn.Module:
     return nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, 1))
 
 
-def read_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0 estimate, bottleneck features) of one forward pass, read with a forward hook."""
+class _AtBottleneck(Exception):
+    """Raised by the bottleneck hook to end a forward there: the classifier needs nothing after it."""
+
+
+def bottleneck_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+    """The bottleneck features of x, read with a forward hook that stops the forward there (the decoder, about
+    half of a UNet's work, is skipped; DMD2's classify mode stops at the bottleneck too). Gradients flow as usual."""
     found = []
-    handle = find_bottleneck(denoiser).register_forward_hook(lambda _m, _i, out: found.append(out))
+
+    def stop(_module, _inputs, out):
+        found.append(out)
+        raise _AtBottleneck
+
+    handle = find_bottleneck(denoiser).register_forward_hook(stop)
     try:
-        x0 = denoiser(x, sigma, cond)
+        denoiser(x, sigma, cond)
+    except _AtBottleneck:
+        pass
     finally:
         handle.remove()
     if not found or not torch.is_tensor(found[-1]):
         raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; set both GAN weights to 0")
-    return x0, found[-1]
+    return found[-1]
 
 
 @torch.no_grad()
@@ -66,7 +78,7 @@ def build_head(denoiser: nn.Module, sigma: float = 1.0) -> nn.Module:
     shape = tuple(denoiser.shape)
     probe = torch.zeros(1, *shape, device=next(denoiser.parameters()).device)
     cond = torch.zeros(1, dtype=torch.long, device=probe.device) if getattr(denoiser, "num_classes", None) else None
-    _, features = read_features(denoiser, probe, sigma, cond)
+    features = bottleneck_features(denoiser, probe, sigma, cond)
     if features.ndim == 4:
         return conv_head(features.shape[1]).to(probe.device)
     if features.ndim == 2:
@@ -81,12 +93,14 @@ class Critic(nn.Module):
         super().__init__()
         self.fake_score, self.head = fake_score, head
 
-    def forward(self, x: torch.Tensor, sigma, cond=None, with_logits: bool = False):
-        """x0 estimate; with_logits=True: (x0 estimate, real-vs-fake logits (B,))."""
-        if not with_logits:
-            return self.fake_score(x, sigma, cond)
-        x0, features = read_features(self.fake_score, x, sigma, cond)
-        return x0, self.head(features.float()).reshape(-1)
+    def forward(self, x: torch.Tensor, sigma, cond=None, classify: tuple | None = None):
+        """x0 estimate of x; with classify=(x_c, sigma_c[, cond_c]): (x0 estimate of x, real-vs-fake logits of x_c)."""
+        x0 = self.fake_score(x, sigma, cond)
+        return x0 if classify is None else (x0, self.logits(*classify))
+
+    def logits(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        """Real-vs-fake logits (B,) of x noised to sigma: the backbone runs up to its bottleneck only."""
+        return self.head(bottleneck_features(self.fake_score, x, sigma, cond).float()).reshape(-1)
 
 
 def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

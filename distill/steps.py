@@ -64,8 +64,8 @@ def fake_step(
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now.
 
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
-    and real images (x_real[, labels]), noised to gan_sigma (2B: student then real); the classifier loss
-    trains the head and the fake score's backbone."""
+    and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
+    bottleneck); the classifier loss trains the head and the fake score's backbone."""
     if x is None:
         with torch.no_grad():
             x = generator(z, cond)
@@ -74,13 +74,11 @@ def fake_step(
     if gan_weight > 0:
         x_real, *cond_real = real_batch
         pair = torch.cat([x, x_real])
-        cond_all = torch.cat([cond, cond, *cond_real]) if cond is not None else None
-        # One forward over denoising and classifier inputs: DDP allows one forward per backward.
-        x0_all, logits = fake_score(
-            torch.cat([x_t, pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)]), torch.cat([sigma, gan_sigma]),
-            cond_all, with_logits=True,
-        )
-        x0, logits_fake, logits_real = x0_all[:n], logits[n : 2 * n], logits[2 * n :]
+        cond_pair = torch.cat([cond, *cond_real]) if cond is not None else None
+        # One (DDP) forward for denoising and classifying: DDP allows one forward per backward.
+        pair_t = pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)
+        x0, logits = fake_score(x_t, sigma, cond, classify=(pair_t, gan_sigma, cond_pair))
+        logits_fake, logits_real = logits[:n], logits[n:]
         loss_gan = discriminator_loss(logits_real, logits_fake).mean()
         logs["loss/gan_discriminator"] = loss_gan.detach()
         logs["gan/real_accuracy"] = (logits_real > 0).float().mean().detach()
@@ -132,7 +130,7 @@ def student_step(
         logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
         with frozen(critic):
-            _, logits = critic(x + expand_sigma(gan_sigma, x) * torch.randn_like(x), gan_sigma, cond, with_logits=True)
+            logits = critic.logits(x + expand_sigma(gan_sigma, x) * torch.randn_like(x), gan_sigma, cond)
         loss_gan = generator_loss(logits).mean()
         total = total + gan_weight * loss_gan
         logs["loss/gan_generator"] = loss_gan.detach()

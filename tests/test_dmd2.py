@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from distill.checkpoint import load_checkpoint
 from distill.config import validate
-from distill.gan import Critic, build_head, discriminator_loss, find_bottleneck, frozen, generator_loss
+from distill.gan import Critic, bottleneck_features, build_head, discriminator_loss, find_bottleneck, frozen, generator_loss
 from distill.generator import StudentGenerator, trainable_copy
 from distill.loop import run
 from eval.bench import benchmark, parse_sampler
@@ -128,12 +128,28 @@ def test_gan_head_has_the_right_shapes_for_every_supported_teacher(name):
     critic = Critic(fake, build_head(fake))
     x = torch.randn(3, *fake.shape)
     cond = torch.tensor([0, 1, 2]) if getattr(fake, "num_classes", None) else None
-    x0, logits = critic(x, torch.tensor([0.5, 2.0, 10.0]), cond, with_logits=True)
+    x0, logits = critic(x, torch.tensor([0.5, 2.0, 10.0]), cond, classify=(x, torch.tensor([0.5, 2.0, 10.0]), cond))
     assert x0.shape == x.shape and logits.shape == (3,)
     torch.testing.assert_close(x0, fake(x, torch.tensor([0.5, 2.0, 10.0]), cond))  # the head does not change D_fake
     logits.sum().backward()
     assert all(p.grad is not None for p in critic.head.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fake.parameters())  # it trains the backbone too
+
+
+def test_classifier_forward_stops_at_the_bottleneck_with_the_full_forwards_features():
+    fake = trainable_copy(tiny_unet_denoiser())
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 3.0])
+    seen, decoder_calls = [], []
+    fake.bottleneck.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    fake(x, sigma)  # the full forward: its bottleneck output is seen[0]
+    fake.unet.up_blocks[0].register_forward_hook(lambda *_: decoder_calls.append(1))
+    features = bottleneck_features(fake, x, sigma)
+    torch.testing.assert_close(features, seen[0], rtol=0, atol=0)
+    assert decoder_calls == []  # the decoder never ran
+    features.square().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fake.parameters())
+    fake(x, sigma)
+    assert decoder_calls == [1]  # and the hook that stopped it is gone
 
 
 @pytest.mark.parametrize("denoiser", [_unet_without_mid_block, lambda: torch.nn.Linear(2, 2)])
@@ -156,7 +172,7 @@ def test_frozen_critic_passes_gradient_to_the_images_only():
     critic = Critic(fake, build_head(fake))
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
     with frozen(critic):
-        _, logits = critic(x, torch.tensor([1.0, 1.0]), with_logits=True)
+        logits = critic.logits(x, torch.tensor([1.0, 1.0]))
     generator_loss(logits).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in critic.parameters()) and all(p.requires_grad for p in critic.parameters())
