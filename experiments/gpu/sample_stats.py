@@ -44,6 +44,7 @@ class Reference(NamedTuple):
 
 
 def reference_of(classifier: DomainClassifier, real: torch.Tensor) -> tuple[Reference, torch.Tensor]:
+    """The training split's Reference, and its class probabilities (for its own row)."""
     probs = class_probabilities(classifier, real, BATCH)
     features, labels = extract(classifier, real, BATCH), probs.argmax(1).numpy()
     return Reference(features, labels, class_spread(probs)[0], stats_of(features)), probs

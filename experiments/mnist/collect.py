@@ -51,7 +51,7 @@ def target_lines(metrics: dict, wall_file: Path, bench_file: Path) -> list[str]:
         last = last_log_record(wall_file.parent)
         loop = f"; training loop {last['time/train_minutes']:.1f} min" if "time/train_minutes" in last else ""
         lines.append(f"- `python -m distill` wall time: {int(wall_file.read_text()) / 60:.1f} min for {last['step']} steps{loop} "
-                     "(the wall time includes its own 2,000-sample evaluation, and the teacher ODE pairs unless the run dir has them); "
+                     "(the wall time includes its own evaluation, and the teacher ODE pairs unless the run dir has them); "
                      "target: within 30 min")
     return lines
 
