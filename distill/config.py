@@ -103,6 +103,16 @@ def check_student(student: DictConfig) -> None:
     _require(all(a > b for a, b in zip(values, values[1:])), f"student.sigmas={values}; it must be strictly decreasing")
 
 
+def check_step_sigma(loss: DictConfig, student: DictConfig) -> None:
+    """loss.sigma_up_to_student_step: a boolean, and every student sigma above loss.sigma.min (each step's DMD range)."""
+    flag = loss.sigma_up_to_student_step
+    _require(isinstance(flag, bool), f"loss.sigma_up_to_student_step={flag}; use true or false")
+    if flag and student.sigmas is not None:
+        _require(min(student.sigmas) > loss.sigma.min,
+                 f"loss.sigma_up_to_student_step=true with student.sigmas={list(student.sigmas)}: every step's DMD noise "
+                 f"range [loss.sigma.min, its sigma] needs its sigma > loss.sigma.min={loss.sigma.min}")
+
+
 def check_train(train: DictConfig, student: DictConfig) -> None:
     """Step counts, batch sizes, clipping and EMA; the student's steps."""
     check_student(student)
@@ -173,6 +183,7 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask:
         task = ToyTask(mixture)
     check_loss(cfg.loss)
     check_train(cfg.train, cfg.student)
+    check_step_sigma(cfg.loss, cfg.student)
     check_optim(cfg.optim)
     check_eval(cfg.eval, kind)
     return task

@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from eval.samplers import multistep_student, one_step, student_inputs
+from eval.samplers import multistep_student, one_step
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:
@@ -32,21 +32,32 @@ class StudentGenerator(nn.Module):
     def num_steps(self) -> int:
         return len(self.sigmas)
 
-    def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, cond=None, step: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z, cond); a k-step student trains each sample at its `step` (None: drawn uniformly, as DMD2 does)."""
         if self.num_steps == 1:
             return one_step(self.denoiser, z, z.new_tensor([self.sigmas[0], 0.0]), cond)
-        step = torch.randint(self.num_steps, (z.shape[0],), device=z.device)
+        if step is None:
+            step = self.draw_steps(z.shape[0], z.device)
         x_t, sigma = self.backward_simulation(z, step, cond)
         return self.denoiser(x_t, sigma, cond)
 
+    def draw_steps(self, n: int, device=None) -> torch.Tensor | None:
+        """Each of n samples' training step, uniform over the k steps (DMD2 sec. 4.5); None for a one-step student."""
+        return torch.randint(self.num_steps, (n,), device=device) if self.num_steps > 1 else None
+
     @torch.no_grad()
     def backward_simulation(self, z: torch.Tensor, step: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's input at its step i: the student's own steps 0..i-1 from s_0 z, re-noised to s_i."""
+        """Each sample's input at its step i: the student's own steps 0..i-1 from s_0 z, re-noised to s_i.
+
+        Step j runs only on the samples whose step is past it (E[i] network evaluations per sample, not k - 1);
+        its noise is drawn for the whole batch, so a sample's input does not depend on the others' steps."""
         sigmas = z.new_tensor(self.sigmas)
-        inputs = torch.empty_like(z)
-        for j, x_t in zip(range(int(step.max()) + 1), student_inputs(self.denoiser, z, sigmas, cond)):
-            inputs[step == j] = x_t[step == j]
-        return inputs, sigmas[step]
+        x = z * sigmas[0]
+        for j in range(1, int(step.max()) + 1):
+            later = step >= j
+            x0 = self.denoiser(x[later], sigmas[j - 1].expand(int(later.sum())), None if cond is None else cond[later])
+            x[later] = x0 + sigmas[j] * torch.randn_like(x)[later]
+        return x, sigmas[step]
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:

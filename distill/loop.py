@@ -126,6 +126,7 @@ class StepContext:
 
     accelerator: Accelerator
     generator: torch.nn.Module
+    student: StudentGenerator  # the same generator unwrapped: its sigma list and step draws
     fake_score: torch.nn.Module  # the (DDP-prepared) Critic: D_fake and, with the GAN, its head
     critic: torch.nn.Module  # the same Critic unwrapped, for the student's GAN loss (no DDP hooks)
     real: object
@@ -138,7 +139,7 @@ class StepContext:
     num_classes: int | None
     loss: DictConfig
     train: DictConfig
-    recent: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the last student update's samples and labels
+    recent: tuple | None = None  # the last student update's samples, labels and steps (None: one step)
 
 
     def draw_z(self, n: int) -> torch.Tensor:
@@ -148,8 +149,15 @@ class StepContext:
         """Uniform class labels for class-conditional teachers, else None."""
         return torch.randint(self.num_classes, (n,), device=self.accelerator.device) if self.num_classes else None
 
-    def sample_sigma(self, n: int) -> torch.Tensor:
-        return sample_dmd_sigma(n, **self.loss.sigma, device=self.accelerator.device)
+    def draw_steps(self, n: int) -> torch.Tensor | None:
+        return self.student.draw_steps(n, self.accelerator.device)
+
+    def sample_sigma(self, n: int, step: torch.Tensor | None = None) -> torch.Tensor:
+        """DMD noise levels; with loss.sigma_up_to_student_step, each sample's at most its step's input sigma."""
+        sigma, device = dict(self.loss.sigma), self.accelerator.device
+        if step is not None and self.loss.sigma_up_to_student_step:
+            sigma["max"] = torch.tensor(self.student.sigmas, device=device)[step].clamp(max=sigma["max"])
+        return sample_dmd_sigma(n, **sigma, device=device)
 
     def sample_gan_sigma(self, n: int) -> torch.Tensor:
         return sample_dmd_sigma(n, **self.loss.gan_sigma, device=self.accelerator.device)
@@ -164,30 +172,31 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
     if loss.dmd_weight > 0 or uses_gan(loss):
         for i in range(train.num_fake_steps_per_student_step):
             reuse = i == 0 and ctx.recent is not None and len(ctx.recent[0]) == n
-            z, sigma = ctx.draw_z(n), ctx.sample_sigma(n)
-            x, cond = ctx.recent if reuse else (None, ctx.draw_cond(n))
+            z = ctx.draw_z(n)
+            x, cond, steps = ctx.recent if reuse else (None, None, ctx.draw_steps(n))
+            sigma = ctx.sample_sigma(n, steps)
+            cond = cond if reuse else ctx.draw_cond(n)  # after sigma: a one-step run's random stream as before
             logs |= fake_step(
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
                 z=z, sigma=sigma, sigma_data=ctx.sigma_data,
                 fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=cond,
                 real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
-                gan_weight=loss.gan_discriminator_weight, x=x,
+                gan_weight=loss.gan_discriminator_weight, x=x, step=steps,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
     batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
-    z = ctx.draw_z(n)
-    cond = ctx.draw_cond(n)
+    z, cond, steps = ctx.draw_z(n), ctx.draw_cond(n), ctx.draw_steps(n)
     student_logs, x = student_step(
         accelerator=ctx.accelerator, generator=ctx.generator, real=ctx.real, fake_score=ctx.fake_score,
         optimizer=ctx.student_optimizer, z=z, sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
         cond=cond, critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
-        gan_weight=loss.gan_generator_weight,
+        gan_weight=loss.gan_generator_weight, step=steps,
     )
     logs |= student_logs
-    ctx.recent = (x, cond) if train.reuse_student_samples else None
+    ctx.recent = (x, cond, steps) if train.reuse_student_samples else None
     guard.record("student", logs["skipped/student"] > 0, step)
     counters.step, counters.student_updates, counters.skipped = step, counters.student_updates + 1, guard.skipped
     return logs
@@ -242,7 +251,7 @@ def run(cfg: DictConfig) -> dict:
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
 
     ctx = StepContext(
-        accelerator=accelerator, generator=generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
+        accelerator=accelerator, generator=generator, student=plain_generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
         student_optimizer=opt_g,
         fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
         num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,

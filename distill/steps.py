@@ -59,16 +59,18 @@ def fake_step(
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
     x: torch.Tensor | None = None,
+    step: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """Train D_fake to denoise student samples (of the same class labels, when conditional): x when given (the last
-    student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now.
+    student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
+    (a k-step student's at `step`, per sample).
 
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
     and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
     bottleneck); the classifier loss trains the head and the fake score's backbone."""
     if x is None:
         with torch.no_grad():
-            x = generator(z, cond)
+            x = generator(z, cond, step)
     x_t = x + expand_sigma(sigma, x) * torch.randn_like(x)
     logs, n = {}, len(x)
     if gan_weight > 0:
@@ -98,7 +100,7 @@ def student_step(
     fake_score,
     optimizer,
     z: torch.Tensor,
-    sample_sigma: Callable[[int], torch.Tensor],
+    sample_sigma: Callable[..., torch.Tensor],
     pairs: tuple[torch.Tensor, ...] | None,
     dmd_weight: float,
     regression_weight: float,
@@ -109,22 +111,28 @@ def student_step(
     critic=None,
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
+    step: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor | float], torch.Tensor]:
     """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
     with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma.
+
+    A k-step student trains each sample of z at its `step` (None: drawn by the generator), and sample_sigma(n, step)
+    then draws the DMD noise for those steps; the regression pairs start from pure noise, so they train step 0.
 
     Returns the logs and G(z, cond) as made before the update, detached (empty when dmd_weight is 0): a fake-score
     update may train on them (train.reuse_student_samples)."""
     # One generator call for both batches: DDP allows one forward per backward.
     z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
     if dmd_weight == 0:
-        z, cond = z[:0], None if cond is None else cond[:0]
+        z, cond, step = z[:0], None if cond is None else cond[:0], None if step is None else step[:0]
     cond_all = torch.cat([cond, *cond_ref]) if cond is not None else None
-    x_all = generator(torch.cat([z, z_ref]), cond_all)
+    step_all = None if step is None else torch.cat([step, step.new_zeros(len(z_ref))])
+    x_all = generator(torch.cat([z, z_ref]), cond_all, step_all)
     x, x_ref = x_all[: len(z)], x_all[len(z) :]
     logs, total = {}, torch.zeros((), device=z.device)
     if dmd_weight > 0:
-        grad = dmd_grad_at(x.detach(), real, fake_score, sample_sigma(len(x)), cond)
+        sigma = sample_sigma(len(x)) if step is None else sample_sigma(len(x), step)
+        grad = dmd_grad_at(x.detach(), real, fake_score, sigma, cond)
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.detach()

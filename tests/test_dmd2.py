@@ -95,6 +95,48 @@ def test_backward_simulation_inputs_are_the_students_own_earlier_steps():
     assert sigma.tolist() == [80.0, 5.0, 1.5, 80.0, 5.0, 1.5] and not inputs.requires_grad
 
 
+def test_backward_simulation_runs_each_step_only_on_the_samples_past_it():
+    student = _Recorder(trainable_copy(MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)))
+    generator = StudentGenerator(student, [80.0, 5.0, 1.5, 0.5])
+    step = torch.tensor([0, 3, 1, 0, 2, 3, 0])
+    generator.backward_simulation(torch.randn(7, 2), step)
+    # one call per step j = 1..3 on the samples whose step is >= j: sum(step) evaluations, not 3 x 7
+    assert [len(sigma) for *_, sigma in student.calls] == [4, 3, 2] == [int((step >= j).sum()) for j in (1, 2, 3)]
+    assert [sigma.unique().tolist() for *_, sigma in student.calls] == [[80.0], [5.0], [1.5]]
+
+
+def test_a_given_step_is_the_step_that_trains():
+    student = _Recorder(trainable_copy(MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)))
+    generator = StudentGenerator(student, [80.0, 5.0, 1.5, 0.5])
+    step = torch.tensor([3, 0, 2, 2, 1])
+    generator(torch.randn(5, 2), None, step)
+    assert student.calls[-1][1] and student.calls[-1][2].tolist() == [0.5, 80.0, 1.5, 1.5, 5.0]
+    assert StudentGenerator(student).draw_steps(4) is None  # a one-step student has no steps to draw
+
+
+@pytest.mark.parametrize("up_to_step", [False, True])
+def test_dmd_sigma_up_to_each_samples_student_step(up_to_step):
+    """loss.sigma_up_to_student_step: a sample made at step i draws its DMD sigma in [sigma.min, min(s_i, sigma.max)]."""
+    from types import SimpleNamespace
+
+    from distill.loop import StepContext
+
+    sigma = {"min": 0.1, "max": 80.0, "rho": 7.0, "t_min": 0.0, "t_max": 1.0}
+    ctx = SimpleNamespace(loss=SimpleNamespace(sigma=sigma, sigma_up_to_student_step=up_to_step),
+                          student=StudentGenerator(MLPDenoiser(dim=2), [157.4, 17.25, 3.424, 0.9529]),
+                          accelerator=SimpleNamespace(device=torch.device("cpu")))
+    step = torch.arange(4).repeat_interleave(2000)
+    drawn = StepContext.sample_sigma(ctx, len(step), step)
+    top = [float(drawn[step == i].max()) for i in range(4)]
+    assert float(drawn.min()) >= 0.1 - 1e-6
+    if up_to_step:
+        assert top[0] <= 80.0 + 1e-4 and [t <= s + 1e-4 for t, s in zip(top[1:], (17.25, 3.424, 0.9529))] == [True] * 3
+        assert top[3] > 0.9  # the range reaches up to the step's own sigma
+    else:
+        assert min(top) > 60  # every step over the whole range
+    assert StepContext.sample_sigma(ctx, 8).shape == (8,)  # a one-step student: no steps, the whole range
+
+
 def test_one_step_generator_is_the_student_at_sigma_max():
     student = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)
     z = torch.randn(5, 2)
@@ -223,6 +265,19 @@ def test_dmd2_image_run_with_a_four_step_student(tmp_path):
     assert student_sigmas(eval_cfg) == [80.0, 5.0, 1.5, 0.5]
 
 
+def test_four_step_run_with_dmd_sigma_up_to_each_step(tmp_path, monkeypatch):
+    """The steps drawn for a batch reach the generator, and its samples' DMD sigmas stay at or below their steps'."""
+    from distill import loop
+
+    seen = []
+    sample = loop.StepContext.sample_sigma
+    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None: seen.append((step, s := sample(self, n, step))) or s)
+    run(compose_config("train", [*TOY, "student=four_step", "loss.sigma_up_to_student_step=true", "train.max_steps=2",
+                                 "train.reuse_student_samples=true", f"run_dir={tmp_path}"]))
+    caps = torch.tensor([80.0, 5.0, 1.5, 0.5])
+    assert seen and all(step is not None and bool((sigma <= caps[step] + 1e-4).all()) for step, sigma in seen)
+
+
 def test_toy_gan_run_resumes_with_its_head(tmp_path):
     overrides = [*TOY, "loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01", f"run_dir={tmp_path}"]
     run(compose_config("train", [*overrides, "train.max_steps=2"]))
@@ -239,6 +294,9 @@ def test_toy_gan_run_resumes_with_its_head(tmp_path):
     (["student.num_steps=0"], r"student.num_steps=0; it must be an integer >= 1"),
     (["loss.gan_generator_weight=1.0"], r"the GAN needs both > 0"),
     (["loss.gan_discriminator_weight=-1"], r"loss.gan_discriminator_weight=-1; it must be a number >= 0"),
+    (["loss.sigma_up_to_student_step=yes"], r"loss.sigma_up_to_student_step=yes; use true or false"),
+    (["loss.sigma_up_to_student_step=true", "student.num_steps=2", "student.sigmas=[80.0,0.001]"],
+     r"needs its sigma > loss.sigma.min"),
 ])
 def test_bad_dmd2_settings_are_refused_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -45,3 +45,24 @@ def test_the_teacher_row_comes_from_its_heun_sampler(tmp_path):
     table = load_script().main([str(teacher), "--teacher", str(teacher), "--heun-steps", "2", "--num-samples", "8"])
     row = next(line for line in table.splitlines() if "(teacher_heun_nfe3)" in line)
     assert row.split("|")[2].strip() == "3"
+
+
+def test_each_step_adds_a_row_per_prefix_of_a_k_step_students_sigmas(tmp_path):
+    import json
+
+    from eval.harness import STUDENT_FILE
+
+    student = save_pretrained_atomic(tiny_unet_denoiser(size=28), tmp_path / "student")
+    (student / STUDENT_FILE).write_text(json.dumps({"sigmas": [80.0, 5.0, 1.0]}))
+    table = load_script().main([str(student), "--each-step", "--num-samples", "8"])
+    rows = [line.split("|") for line in table.splitlines() if line.startswith(f"| {student}")]
+    assert [row[2].strip() for row in rows] == ["1", "2", "3"]  # NFE: the first 1, 2, then all 3 sigmas
+    assert rows[-1][1].strip() == str(student)  # the last row is the student's own sampler
+    plain = load_script().main([str(student), "--num-samples", "8"])
+    assert [line for line in plain.splitlines() if line.startswith(f"| {student}")] == ["|".join(rows[-1])]
+
+
+def test_a_class_conditional_student_samples_evaluations_uniform_labels(tmp_path):
+    student = save_pretrained_atomic(tiny_unet_denoiser(size=28, num_classes=10), tmp_path / "student")
+    table = load_script().main([str(student), "--num-samples", "8"])
+    assert any(line.startswith(f"| {student}") for line in table.splitlines())

@@ -9,7 +9,7 @@ when the spread is fixed: the quality within classes). Both on the classifier's 
 The first row is the same statistics on the MNIST training split (the FID reference of experiments/gpu); with
 --teacher, the next is the teacher's Heun sampler from the same noise.
 `python experiments/gpu/sample_stats.py STUDENT_DIR ... [--teacher zoo:mnist_uncond [--heun-steps 18]]
-[--num-samples 2000] [--seed 1234] [--out FILE]`
+[--each-step] [--num-samples 2000] [--seed 1234] [--out FILE]`
 """
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 from eval.collect import markdown_table
 from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation, extract
 from eval.fid import Stats, class_mix_weights, fid, stats_of, weighted_stats_of
+from eval.images import draw_inputs
 from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path, zoo_path
 
 BATCH = 250
+SHAPE = (1, 28, 28)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -67,23 +69,30 @@ def image_stats(name: str, nfe: int | None, images: torch.Tensor, probs: torch.T
 
 
 @torch.no_grad()
-def sampled_stats(name: str, fn: SampleFn, noise: torch.Tensor, classifier: DomainClassifier, ref: Reference) -> dict:
-    """The row of a sampler's images from the given noise, in batches, clamped to [-1, 1] as evaluation does."""
-    x = torch.cat([fn.fn(z) for z in tqdm(noise.split(BATCH), desc=name, mininterval=2)]).clamp(-1, 1)
+def sampled_stats(name: str, fn: SampleFn, model, seed: int, num_samples: int, classifier: DomainClassifier, ref: Reference) -> dict:
+    """The row of a sampler's images from evaluation's seeded noise (and uniform labels, for a class-conditional
+    model), in batches, clamped to [-1, 1] as evaluation does."""
+    noise, cond = draw_inputs(num_samples, SHAPE, model.num_classes, seed)
+    conds = [None] * len(noise.split(BATCH)) if cond is None else cond.split(BATCH)
+    x = torch.cat([fn.fn(z, c) for z, c in tqdm(list(zip(noise.split(BATCH), conds)), desc=name, mininterval=2)]).clamp(-1, 1)
     return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), extract(classifier, x, BATCH), ref)
 
 
-def student_stats(student_dir: str, classifier: DomainClassifier, noise: torch.Tensor, ref: Reference) -> dict:
-    """The row of a student's samples (its own sigma list for a k-step student)."""
+def student_stats(student_dir: str, classifier: DomainClassifier, seed: int, num_samples: int, ref: Reference, each_step: bool = False) -> list[dict]:
+    """The row of a student's samples (its own sigma list for a k-step student); with each_step, one row per prefix
+    of that list: the x0 a k-step student holds after each of its steps (which step helps, which hurts)."""
     student = load_denoiser(student_dir, key="student").eval()
-    return sampled_stats(student_dir, student_sample_fn(student, read_student_sigmas(student_dir)), noise, classifier, ref)
+    sigmas = read_student_sigmas(student_dir) or [student.sigma_max]
+    prefixes = [sigmas[:j] for j in range(1, len(sigmas) + 1)] if each_step else [sigmas]
+    return [sampled_stats(student_dir if steps == sigmas else f"{student_dir} (first {len(steps)} of its sigmas)",
+                          student_sample_fn(student, steps), student, seed, num_samples, classifier, ref) for steps in prefixes]
 
 
-def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, noise: torch.Tensor, ref: Reference) -> dict:
+def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, seed: int, num_samples: int, ref: Reference) -> dict:
     """The row of the teacher's Heun sampler (2 x steps - 1 NFE)."""
     teacher = load_denoiser(resolve_model_path(path)).eval()
     (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
-    return sampled_stats(f"{path} ({label})", fn, noise, classifier, ref)
+    return sampled_stats(f"{path} ({label})", fn, teacher, seed, num_samples, classifier, ref)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=1234, help="the noise seed, the same for every student")
     parser.add_argument("--teacher", help="also the teacher's Heun samples, e.g. zoo:mnist_uncond")
     parser.add_argument("--heun-steps", type=int, default=18, help="the teacher's Heun steps (18: 35 NFE)")
+    parser.add_argument("--each-step", action="store_true",
+                        help="a k-step student's x0 after each of its steps too (1, 2, ..., k NFE on its own sigmas)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     if args.num_samples < 1:
@@ -100,13 +111,12 @@ def main(argv: list[str] | None = None) -> str:
     if args.heun_steps < 1:
         parser.error(f"--heun-steps={args.heun_steps}: give a positive number")
     classifier = DomainClassifier.from_pretrained(zoo_path("mnist_classifier")).eval()
-    noise = torch.randn(args.num_samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
     real, _ = load_images(OmegaConf.load(CONFIGS / "data" / "mnist.yaml"), "train")
     ref, real_probs = reference_of(classifier, real)
     rows = [image_stats("MNIST training split", None, real, real_probs, ref.features, ref)]
     if args.teacher:
-        rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, noise, ref))
-    rows += [student_stats(path, classifier, noise, ref) for path in args.students]
+        rows.append(teacher_stats(args.teacher, args.heun_steps, classifier, args.seed, args.num_samples, ref))
+    rows += [row for path in args.students for row in student_stats(path, classifier, args.seed, args.num_samples, ref, args.each_step)]
     table = markdown_table(rows, list(rows[0]))
     if args.out:
         args.out.write_text(table)
