@@ -104,9 +104,10 @@ def check_student(student: DictConfig) -> None:
 
 
 def check_step_sigma(loss: DictConfig, student: DictConfig) -> None:
-    """loss.sigma_up_to_student_step: a boolean, and every student sigma above loss.sigma.min (each step's DMD range)."""
+    """The multi-step options are booleans; with loss.sigma_up_to_student_step every student sigma is above loss.sigma.min."""
+    for key in ("sigma_up_to_student_step", "gan_last_step_only"):
+        _require(isinstance(loss[key], bool), f"loss.{key}={loss[key]}; use true or false")
     flag = loss.sigma_up_to_student_step
-    _require(isinstance(flag, bool), f"loss.sigma_up_to_student_step={flag}; use true or false")
     if flag and student.sigmas is not None:
         _require(min(student.sigmas) > loss.sigma.min,
                  f"loss.sigma_up_to_student_step=true with student.sigmas={list(student.sigmas)}: every step's DMD noise "

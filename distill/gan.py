@@ -104,8 +104,14 @@ class Critic(nn.Module):
 
 
 def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Non-saturating GAN loss of the classifier: softplus(-D(real)) + softplus(D(fake)), per sample."""
-    return F.softplus(-logits_real) + F.softplus(logits_fake)
+    """Non-saturating GAN loss of the classifier: the mean of softplus(-D(real)) plus the mean of softplus(D(fake));
+    the batches may differ in size, and an empty fake batch adds 0 (loss.gan_last_step_only may leave none)."""
+    return F.softplus(-logits_real).mean() + batch_mean(F.softplus(logits_fake))
+
+
+def batch_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean over a batch, 0 for an empty one (not NaN)."""
+    return values.sum() / max(len(values), 1)
 
 
 def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:

@@ -152,6 +152,10 @@ class StepContext:
     def draw_steps(self, n: int) -> torch.Tensor | None:
         return self.student.draw_steps(n, self.accelerator.device)
 
+    def gan_mask(self, step: torch.Tensor | None) -> torch.Tensor | None:
+        """With loss.gan_last_step_only, the samples made at the student's last step; None: all samples."""
+        return None if step is None or not self.loss.gan_last_step_only else step == self.student.num_steps - 1
+
     def sample_sigma(self, n: int, step: torch.Tensor | None = None) -> torch.Tensor:
         """DMD noise levels; with loss.sigma_up_to_student_step, each sample's at most its step's input sigma."""
         sigma, device = dict(self.loss.sigma), self.accelerator.device
@@ -181,7 +185,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
                 z=z, sigma=sigma, sigma_data=ctx.sigma_data,
                 fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=cond,
                 real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
-                gan_weight=loss.gan_discriminator_weight, x=x, step=steps,
+                gan_weight=loss.gan_discriminator_weight, x=x, step=steps, gan_mask=ctx.gan_mask(steps),
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
@@ -193,7 +197,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
         dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
         regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
         cond=cond, critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
-        gan_weight=loss.gan_generator_weight, step=steps,
+        gan_weight=loss.gan_generator_weight, step=steps, gan_mask=ctx.gan_mask(steps),
     )
     logs |= student_logs
     ctx.recent = (x, cond, steps) if train.reuse_student_samples else None

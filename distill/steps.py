@@ -7,7 +7,7 @@ import torch
 from accelerate import Accelerator
 
 from distill.guard import any_process
-from distill.gan import discriminator_loss, frozen, generator_loss
+from distill.gan import batch_mean, discriminator_loss, frozen, generator_loss
 from distill.losses import dmd_gradient, dmd_loss, regression_loss
 from teachers.base import expand_sigma
 from teachers.loss import edm_weighted_error
@@ -60,6 +60,7 @@ def fake_step(
     gan_weight: float = 0.0,
     x: torch.Tensor | None = None,
     step: torch.Tensor | None = None,
+    gan_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """Train D_fake to denoise student samples (of the same class labels, when conditional): x when given (the last
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
@@ -67,7 +68,8 @@ def fake_step(
 
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
     and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
-    bottleneck); the classifier loss trains the head and the fake score's backbone."""
+    bottleneck); the classifier loss trains the head and the fake score's backbone. gan_mask (B,) picks the student
+    samples the classifier sees (loss.gan_last_step_only); None: all."""
     if x is None:
         with torch.no_grad():
             x = generator(z, cond, step)
@@ -75,16 +77,18 @@ def fake_step(
     logs, n = {}, len(x)
     if gan_weight > 0:
         x_real, *cond_real = real_batch
-        pair = torch.cat([x, x_real])
-        cond_pair = torch.cat([cond, *cond_real]) if cond is not None else None
+        x_gan, cond_gan = (x, cond) if gan_mask is None else (x[gan_mask], None if cond is None else cond[gan_mask])
+        pair, m = torch.cat([x_gan, x_real]), len(x_gan)
+        cond_pair = torch.cat([cond_gan, *cond_real]) if cond is not None else None
         # One (DDP) forward for denoising and classifying: DDP allows one forward per backward.
+        gan_sigma = gan_sigma[: len(pair)]
         pair_t = pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)
         x0, logits = fake_score(x_t, sigma, cond, classify=(pair_t, gan_sigma, cond_pair))
-        logits_fake, logits_real = logits[:n], logits[n:]
-        loss_gan = discriminator_loss(logits_real, logits_fake).mean()
+        logits_fake, logits_real = logits[:m], logits[m:]
+        loss_gan = discriminator_loss(logits_real, logits_fake)
         logs["loss/gan_discriminator"] = loss_gan.detach()
         logs["gan/real_accuracy"] = (logits_real > 0).float().mean().detach()
-        logs["gan/fake_accuracy"] = (logits_fake < 0).float().mean().detach()
+        logs["gan/fake_accuracy"] = batch_mean((logits_fake < 0).float()).detach()
     else:
         x0, loss_gan = fake_score(x_t, sigma, cond), 0.0
     loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()
@@ -112,9 +116,11 @@ def student_step(
     gan_sigma: torch.Tensor | None = None,
     gan_weight: float = 0.0,
     step: torch.Tensor | None = None,
+    gan_mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor | float], torch.Tensor]:
     """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
-    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma.
+    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma (on the
+    samples gan_mask picks, when given).
 
     A k-step student trains each sample of z at its `step` (None: drawn by the generator), and sample_sigma(n, step)
     then draws the DMD noise for those steps; the regression pairs start from pure noise, so they train step 0.
@@ -137,9 +143,11 @@ def student_step(
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
+        x_gan, sigma_gan, cond_gan = (x, gan_sigma, cond) if gan_mask is None else (
+            x[gan_mask], gan_sigma[gan_mask], None if cond is None else cond[gan_mask])
         with frozen(critic):
-            logits = critic.logits(x + expand_sigma(gan_sigma, x) * torch.randn_like(x), gan_sigma, cond)
-        loss_gan = generator_loss(logits).mean()
+            logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan)
+        loss_gan = batch_mean(generator_loss(logits))
         total = total + gan_weight * loss_gan
         logs["loss/gan_generator"] = loss_gan.detach()
     if regression_weight > 0:

@@ -202,11 +202,14 @@ def test_gan_head_on_a_teacher_without_features_is_refused(denoiser):
 
 def test_gan_losses_known_answers():
     zero = torch.zeros(4)
-    torch.testing.assert_close(discriminator_loss(zero, zero), torch.full((4,), 2 * math.log(2)))
+    torch.testing.assert_close(discriminator_loss(zero, zero), torch.tensor(2 * math.log(2)))
     torch.testing.assert_close(generator_loss(zero), torch.full((4,), math.log(2)))
     big = torch.full((2,), 30.0)
-    assert discriminator_loss(big, -big).max() < 1e-12 and generator_loss(big).max() < 1e-12  # a perfect classifier
-    assert discriminator_loss(-big, big).min() > 59  # a wrong one: about 2 x 30
+    assert discriminator_loss(big, -big) < 1e-12 and generator_loss(big).max() < 1e-12  # a perfect classifier
+    assert discriminator_loss(-big, big) > 59  # a wrong one: about 2 x 30
+    # unequal batches (loss.gan_last_step_only): each side is its own mean; no fake samples add 0, not NaN
+    torch.testing.assert_close(discriminator_loss(zero, zero[:1]), torch.tensor(2 * math.log(2)))
+    torch.testing.assert_close(discriminator_loss(zero, zero[:0]), torch.tensor(math.log(2)))
 
 
 def test_frozen_critic_passes_gradient_to_the_images_only():
@@ -295,6 +298,7 @@ def test_toy_gan_run_resumes_with_its_head(tmp_path):
     (["loss.gan_generator_weight=1.0"], r"the GAN needs both > 0"),
     (["loss.gan_discriminator_weight=-1"], r"loss.gan_discriminator_weight=-1; it must be a number >= 0"),
     (["loss.sigma_up_to_student_step=yes"], r"loss.sigma_up_to_student_step=yes; use true or false"),
+    (["loss.gan_last_step_only=1"], r"loss.gan_last_step_only=1; use true or false"),
     (["loss.sigma_up_to_student_step=true", "student.num_steps=2", "student.sigmas=[80.0,0.001]"],
      r"needs its sigma > loss.sigma.min"),
 ])

@@ -108,3 +108,33 @@ def test_any_process_reads_a_device_flag_or_a_python_one():
     accelerator = Accelerator(cpu=True)
     assert any_process(accelerator, True) and not any_process(accelerator, False)
     assert any_process(accelerator, torch.tensor(True)) and not any_process(accelerator, torch.tensor([False]))
+
+
+def test_gan_mask_limits_both_gan_losses_to_the_picked_samples(monkeypatch):
+    """loss.gan_last_step_only: the classifier sees the picked student samples (and the whole real batch); the
+    student's GAN loss is on the picked samples only; an empty pick leaves finite losses."""
+    from distill.gan import Critic, build_head
+
+    teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
+    student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    critic = Critic(fake, build_head(fake))
+    sizes, logits = [], Critic.logits
+    monkeypatch.setattr(Critic, "logits", lambda self, x, *a: sizes.append(len(x)) or logits(self, x, *a))
+    accelerator, generator = Accelerator(cpu=True), StudentGenerator(student)
+    for mask in (torch.arange(8) < 3, torch.zeros(8, dtype=torch.bool)):
+        sizes.clear()
+        logs = fake_step(
+            accelerator=accelerator, generator=generator, fake_score=critic, optimizer=torch.optim.AdamW(critic.parameters()),
+            z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
+            real_batch=(torch.randn(8, 2),), gan_sigma=sample_dmd_sigma(16, **SIGMA), gan_weight=0.01, gan_mask=mask,
+        )
+        student_logs, _ = student_step(
+            accelerator=accelerator, generator=generator, real=teacher, fake_score=critic, optimizer=torch.optim.AdamW(student.parameters()),
+            z=torch.randn(8, 2), sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=None, dmd_weight=1.0,
+            regression_weight=0.0, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0, critic=critic,
+            gan_sigma=sample_dmd_sigma(8, **SIGMA), gan_weight=0.1, gan_mask=mask,
+        )
+        picked = int(mask.sum())
+        assert sizes == [picked + 8, picked]  # the classifier's batch, then the student's GAN loss
+        assert torch.isfinite(logs["loss/gan_discriminator"]) and torch.isfinite(student_logs["loss/gan_generator"])
+        assert logs["skipped/fake_score"] == student_logs["skipped/student"] == 0.0
