@@ -74,7 +74,7 @@ def fake_step(
         with torch.no_grad():
             x = generator(z, cond, step)
     x_t = x + expand_sigma(sigma, x) * torch.randn_like(x)
-    logs, n = {}, len(x)
+    logs = {}
     if gan_weight > 0:
         x_real, *cond_real = real_batch
         x_gan, cond_gan = (x, cond) if gan_mask is None else (x[gan_mask], None if cond is None else cond[gan_mask])
