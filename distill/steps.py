@@ -30,6 +30,11 @@ def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer,
     return grad_norm, skipped
 
 
+def picked(mask: torch.Tensor | None, *tensors):
+    """Each tensor's rows where mask is true (every row when mask is None); a None stays None (no labels)."""
+    return tuple(t if mask is None or t is None else t[mask] for t in tensors)
+
+
 def scalars(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """The step functions' logs as floats: each tensor is read from the device here, at logging time only."""
     return {name: float(value) for name, value in logs.items()}
@@ -77,7 +82,7 @@ def fake_step(
     logs = {}
     if gan_weight > 0:
         x_real, *cond_real = real_batch
-        x_gan, cond_gan = (x, cond) if gan_mask is None else (x[gan_mask], None if cond is None else cond[gan_mask])
+        x_gan, cond_gan = picked(gan_mask, x, cond)
         pair, m = torch.cat([x_gan, x_real]), len(x_gan)
         cond_pair = torch.cat([cond_gan, *cond_real]) if cond is not None else None
         # One (DDP) forward for denoising and classifying: DDP allows one forward per backward.
@@ -143,8 +148,7 @@ def student_step(
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
-        x_gan, sigma_gan, cond_gan = (x, gan_sigma, cond) if gan_mask is None else (
-            x[gan_mask], gan_sigma[gan_mask], None if cond is None else cond[gan_mask])
+        x_gan, sigma_gan, cond_gan = picked(gan_mask, x, gan_sigma, cond)
         with frozen(critic):
             logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan)
         loss_gan = batch_mean(generator_loss(logits))
