@@ -150,6 +150,9 @@ class StepContext:
         return torch.randint(self.num_classes, (n,), device=self.accelerator.device) if self.num_classes else None
 
     def draw_steps(self, n: int) -> torch.Tensor | None:
+        """Each sample's training step: uniform (DMD2), or with loss.last_step_only always the last one."""
+        if self.loss.last_step_only and self.student.num_steps > 1:
+            return torch.full((n,), self.student.num_steps - 1, device=self.accelerator.device)
         return self.student.draw_steps(n, self.accelerator.device)
 
     def gan_mask(self, step: torch.Tensor | None) -> torch.Tensor | None:

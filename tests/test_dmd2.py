@@ -281,6 +281,30 @@ def test_four_step_run_with_dmd_sigma_up_to_each_step(tmp_path, monkeypatch):
     assert seen and all(step is not None and bool((sigma <= caps[step] + 1e-4).all()) for step, sigma in seen)
 
 
+def test_last_step_only_trains_every_sample_at_the_last_step(tmp_path, monkeypatch):
+    """loss.last_step_only: the fake score's and the student's samples all come from step k-1 (after backward simulation)."""
+    from distill import loop
+
+    seen = []
+    sample = loop.StepContext.sample_sigma
+    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None: seen.append(step) or sample(self, n, step))
+    run(compose_config("train", [*TOY, "student=four_step", "loss.last_step_only=true", "train.max_steps=2", f"run_dir={tmp_path}"]))
+    assert seen and all(step is not None and step.tolist() == [3] * len(step) for step in seen)
+
+
+def test_a_one_step_checkpoint_resumes_as_a_four_step_student(tmp_path):
+    """Warm start: a 1-step run's checkpoint, resumed with student=four_step, trains the same weights on 4 steps."""
+    run(compose_config("train", [*TOY, "train.max_steps=2", f"run_dir={tmp_path / 'one'}"]))
+    start = tmp_path / "one" / "checkpoints" / "step-2"
+    four = tmp_path / "four"
+    run(compose_config("train", [*TOY, "student=four_step", "train.max_steps=3", f"train.resume_from={start}", f"run_dir={four}"]))
+    before, after = load_checkpoint(start)[0]["student"], load_checkpoint(four / "checkpoints" / "step-3")[0]["student"]
+    logged = [json.loads(line)["step"] for line in (four / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [3]  # it went on from step 2, not from the teacher's weights
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((four / "student" / "student.json").read_text()) == {"sigmas": [80.0, 5.0, 1.5, 0.5]}
+
+
 def test_toy_gan_run_resumes_with_its_head(tmp_path):
     overrides = [*TOY, "loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01", f"run_dir={tmp_path}"]
     run(compose_config("train", [*overrides, "train.max_steps=2"]))
@@ -299,6 +323,7 @@ def test_toy_gan_run_resumes_with_its_head(tmp_path):
     (["loss.gan_discriminator_weight=-1"], r"loss.gan_discriminator_weight=-1; it must be a number >= 0"),
     (["loss.sigma_up_to_student_step=yes"], r"loss.sigma_up_to_student_step=yes; use true or false"),
     (["loss.gan_last_step_only=1"], r"loss.gan_last_step_only=1; use true or false"),
+    (["loss.last_step_only=yes"], r"loss.last_step_only=yes; use true or false"),
     (["loss.sigma_up_to_student_step=true", "student.num_steps=2", "student.sigmas=[80.0,0.001]"],
      r"needs its sigma > loss.sigma.min"),
 ])
