@@ -268,13 +268,18 @@ def test_dmd2_image_run_with_a_four_step_student(tmp_path):
     assert student_sigmas(eval_cfg) == [80.0, 5.0, 1.5, 0.5]
 
 
-def test_four_step_run_with_dmd_sigma_up_to_each_step(tmp_path, monkeypatch):
-    """The steps drawn for a batch reach the generator, and its samples' DMD sigmas stay at or below their steps'."""
+def record_dmd_sigmas(monkeypatch) -> list:
+    """(step, sigma) of every DMD noise draw of the runs that follow: the steps that reach the losses."""
     from distill import loop
 
-    seen = []
-    sample = loop.StepContext.sample_sigma
+    seen, sample = [], loop.StepContext.sample_sigma
     monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None: seen.append((step, s := sample(self, n, step))) or s)
+    return seen
+
+
+def test_four_step_run_with_dmd_sigma_up_to_each_step(tmp_path, monkeypatch):
+    """The steps drawn for a batch reach the generator, and its samples' DMD sigmas stay at or below their steps'."""
+    seen = record_dmd_sigmas(monkeypatch)
     run(compose_config("train", [*TOY, "student=four_step", "loss.sigma_up_to_student_step=true", "train.max_steps=2",
                                  "train.reuse_student_samples=true", f"run_dir={tmp_path}"]))
     caps = torch.tensor([80.0, 5.0, 1.5, 0.5])
@@ -283,13 +288,9 @@ def test_four_step_run_with_dmd_sigma_up_to_each_step(tmp_path, monkeypatch):
 
 def test_last_step_only_trains_every_sample_at_the_last_step(tmp_path, monkeypatch):
     """loss.last_step_only: the fake score's and the student's samples all come from step k-1 (after backward simulation)."""
-    from distill import loop
-
-    seen = []
-    sample = loop.StepContext.sample_sigma
-    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None: seen.append(step) or sample(self, n, step))
+    seen = record_dmd_sigmas(monkeypatch)
     run(compose_config("train", [*TOY, "student=four_step", "loss.last_step_only=true", "train.max_steps=2", f"run_dir={tmp_path}"]))
-    assert seen and all(step is not None and step.tolist() == [3] * len(step) for step in seen)
+    assert seen and all(step is not None and step.tolist() == [3] * len(step) for step, _ in seen)
 
 
 def test_a_one_step_checkpoint_resumes_as_a_four_step_student(tmp_path):
