@@ -105,7 +105,7 @@ def check_student(student: DictConfig) -> None:
 
 def check_step_sigma(loss: DictConfig, student: DictConfig) -> None:
     """The multi-step options are booleans; with loss.sigma_up_to_student_step every student sigma is above loss.sigma.min."""
-    for key in ("sigma_up_to_student_step", "gan_last_step_only", "last_step_only"):
+    for key in ("sigma_up_to_student_step", "gan_last_step_only", "last_step_only", "step_aware_fake_score"):
         _require(isinstance(loss[key], bool), f"loss.{key}={loss[key]}; use true or false")
     flag = loss.sigma_up_to_student_step
     if flag and student.sigmas is not None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.fake_score import StepEmbedding, module_output, probe_input
 from teachers.errors import ConfigError
 
 
@@ -47,37 +48,19 @@ def mlp_head(features: int) -> nn.Module:
     return nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, 1))
 
 
-class _AtBottleneck(Exception):
-    """Raised by the bottleneck hook to end a forward there: the classifier needs nothing after it."""
-
-
 def bottleneck_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-    """The bottleneck features of x, read with a forward hook that stops the forward there (the decoder, about
-    half of a UNet's work, is skipped; DMD2's classify mode stops at the bottleneck too). Gradients flow as usual."""
-    found = []
-
-    def stop(_module, _inputs, out):
-        found.append(out)
-        raise _AtBottleneck
-
-    handle = find_bottleneck(denoiser).register_forward_hook(stop)
-    try:
-        denoiser(x, sigma, cond)
-    except _AtBottleneck:
-        pass
-    finally:
-        handle.remove()
-    if not found or not torch.is_tensor(found[-1]):
+    """The bottleneck features of x; the forward stops there (the decoder, about half of a UNet's work, is skipped;
+    DMD2's classify mode stops at the bottleneck too). Gradients flow as usual."""
+    features = module_output(denoiser, find_bottleneck(denoiser), x, sigma, cond)
+    if features is None:
         raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; set both GAN weights to 0")
-    return found[-1]
+    return features
 
 
 @torch.no_grad()
 def build_head(denoiser: nn.Module, sigma: float = 1.0) -> nn.Module:
     """A head sized for the denoiser's bottleneck: conv for (B, C, H, W) features, MLP for (B, F)."""
-    shape = tuple(denoiser.shape)
-    probe = torch.zeros(1, *shape, device=next(denoiser.parameters()).device)
-    cond = torch.zeros(1, dtype=torch.long, device=probe.device) if getattr(denoiser, "num_classes", None) else None
+    probe, cond = probe_input(denoiser)
     features = bottleneck_features(denoiser, probe, sigma, cond)
     if features.ndim == 4:
         return conv_head(features.shape[1]).to(probe.device)
@@ -87,15 +70,19 @@ def build_head(denoiser: nn.Module, sigma: float = 1.0) -> nn.Module:
 
 
 class Critic(nn.Module):
-    """D_fake and, with DMD2's GAN, its classifier head: one module, so one (DDP) forward gives both outputs."""
+    """D_fake and, with DMD2's GAN, its classifier head (and, with loss.step_aware_fake_score, its step embedding):
+    one module, so one (DDP) forward gives both outputs."""
 
-    def __init__(self, fake_score: nn.Module, head: nn.Module | None):
+    def __init__(self, fake_score: nn.Module, head: nn.Module | None, steps: StepEmbedding | None = None):
         super().__init__()
-        self.fake_score, self.head = fake_score, head
+        self.fake_score, self.head, self.steps = fake_score, head, steps
 
-    def forward(self, x: torch.Tensor, sigma, cond=None, classify: tuple | None = None):
-        """x0 estimate of x; with classify=(x_c, sigma_c[, cond_c]): (x0 estimate of x, real-vs-fake logits of x_c)."""
-        x0 = self.fake_score(x, sigma, cond)
+    def forward(self, x: torch.Tensor, sigma, cond=None, step: torch.Tensor | None = None, classify: tuple | None = None):
+        """x0 estimate of x (of student samples made at `step`, when D_fake is step-aware); with
+        classify=(x_c, sigma_c[, cond_c]): (x0 estimate of x, real-vs-fake logits of x_c). The classifier is not
+        step-aware: real images have no step."""
+        with self.steps.added(self.fake_score, step) if self.steps is not None else contextlib.nullcontext():
+            x0 = self.fake_score(x, sigma, cond)
         return x0 if classify is None else (x0, self.logits(*classify))
 
     def logits(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
 from distill.export import export_student
+from distill.fake_score import build_step_embedding
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
@@ -67,16 +68,20 @@ def uses_gan(loss: DictConfig) -> bool:
     return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
 
 
-def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0) -> TrainState:
+def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0, fake_steps: int = 1) -> TrainState:
     """Student and fake score as trainable copies of the teacher, the GAN head on the fake score's bottleneck
-    (DMD2), their optimizers (the head trains with the fake score, as in DMD2), the student EMA."""
+    (DMD2), the fake score's step embedding when fake_steps > 1 (loss.step_aware_fake_score), their optimizers (head
+    and step embedding train with the fake score, as the head does in DMD2), the student EMA."""
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
         head = build_head(fake).train() if gan else None
+    steps = build_step_embedding(fake, fake_steps).train() if fake_steps > 1 else None
     fake_groups = [{"params": list(fake.parameters())}]
     if head is not None:
         fake_groups.append({"params": list(head.parameters()), "lr": optim.gan_head_lr})
+    if steps is not None:  # the last group: a warm start from a run without it appends it (state.with_new_groups)
+        fake_groups.append({"params": list(steps.parameters())})
     return TrainState(
         student=student,
         fake_score=fake,
@@ -84,6 +89,7 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
         fake_optimizer=make_optimizer(fake_groups, optim.fake_lr, optim),
         ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
         gan_head=head,
+        step_embedding=steps,
     )
 
 
@@ -243,13 +249,14 @@ def run(cfg: DictConfig) -> dict:
     guided = cfg.loss.guidance_scale != 1
     if guided:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
-    state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed)  # fails early
+    fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
+    state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps)  # fails early
     pairs = setup_pairs(cfg, real if guided else teacher, run_dir, accelerator)  # ODE pairs of the sampler the student matches
     real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
     plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
-    critic = Critic(state.fake_score, state.gan_head)
+    critic = Critic(state.fake_score, state.gan_head, state.step_embedding)
     generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)

@@ -39,6 +39,7 @@ class TrainState:
     fake_optimizer: torch.optim.Optimizer
     ema: EMAModel | None
     gan_head: torch.nn.Module | None = None  # DMD2's classifier on D_fake's bottleneck; trained by fake_optimizer
+    step_embedding: torch.nn.Module | None = None  # loss.step_aware_fake_score; trained by fake_optimizer (its last group)
 
     def tensors_and_json(self, counters: Counters, scaler=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Everything the main process saves: tensors for safetensors files, the rest as json."""
@@ -54,6 +55,8 @@ class TrainState:
         state["data_position"] = "regression batches are drawn with the torch RNG, saved per process in rng-<rank>"
         if self.gan_head is not None:
             tensors["gan_head"] = self.gan_head.state_dict()
+        if self.step_embedding is not None:
+            tensors["step_embedding"] = self.step_embedding.state_dict()
         if self.ema is not None:
             ema_state = self.ema.state_dict()
             tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
@@ -64,8 +67,8 @@ class TrainState:
 
     def weights_finite(self) -> bool:
         """True when no weight of the student, fake score or EMA is NaN or infinite."""
-        head = [*self.gan_head.parameters()] if self.gan_head is not None else []
-        tensors = [*self.student.parameters(), *self.fake_score.parameters(), *head, *(self.ema.shadow_params if self.ema else [])]
+        extras = [p for m in (self.gan_head, self.step_embedding) if m is not None for p in m.parameters()]
+        tensors = [*self.student.parameters(), *self.fake_score.parameters(), *extras, *(self.ema.shadow_params if self.ema else [])]
         return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     def restore(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict, rank: int, scaler=None) -> Counters:
@@ -76,8 +79,11 @@ class TrainState:
             if "gan_head" not in tensors:
                 raise CorruptCheckpoint("it has no GAN head, but this run has one (loss.gan_*_weight > 0); resume with the GAN off")
             self.gan_head.load_state_dict(tensors["gan_head"])
+        fake_optimizer = unflatten_optimizer_state(tensors["fake_optimizer"], state["fake_optimizer"])
+        if self.restore_step_embedding(tensors):
+            fake_optimizer = with_new_groups(fake_optimizer, self.fake_optimizer.state_dict())
         self.student_optimizer.load_state_dict(unflatten_optimizer_state(tensors["student_optimizer"], state["student_optimizer"]))
-        self.fake_optimizer.load_state_dict(unflatten_optimizer_state(tensors["fake_optimizer"], state["fake_optimizer"]))
+        self.fake_optimizer.load_state_dict(fake_optimizer)
         if self.ema is not None:
             shadow = [tensors["ema"][str(i)] for i in range(len(tensors["ema"]))]
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
@@ -88,6 +94,34 @@ class TrainState:
         else:
             warnings.warn(f"the checkpoint has no RNG state for process {rank} (another process count?); keeping the seeded RNG", stacklevel=2)
         return Counters(**state["counters"])
+
+    def restore_step_embedding(self, tensors: dict[str, dict[str, torch.Tensor]]) -> bool:
+        """Load the step embedding; True when the checkpoint has none (a warm start from a run without it: it stays
+        zero, so the fake score goes on unchanged, and its optimizer group starts fresh)."""
+        saved = tensors.get("step_embedding")
+        if self.step_embedding is None:
+            if saved is not None:
+                raise CorruptCheckpoint("it has a step-aware fake score, but this run has none; resume with "
+                                        "loss.step_aware_fake_score=true and the same student.sigmas")
+            return False
+        if saved is None:
+            warnings.warn("the checkpoint has no step embedding (a run without loss.step_aware_fake_score): it starts at zero", stacklevel=3)
+            return True
+        steps, ours = saved["table.weight"].shape[0], self.step_embedding.num_steps
+        if steps != ours:
+            raise CorruptCheckpoint(f"its fake score's step embedding is for {steps} student steps, this run's student has {ours}")
+        self.step_embedding.load_state_dict(saved)
+        return False
+
+
+def with_new_groups(saved: dict, current: dict) -> dict:
+    """An optimizer state saved with fewer param groups than the optimizer now has (groups added at the end, e.g. a
+    step embedding on a warm start): the saved groups and state, then the current extra groups with fresh state."""
+    count, groups = sum(len(g["params"]) for g in saved["param_groups"]), list(saved["param_groups"])
+    for group in current["param_groups"][len(groups):]:
+        groups.append({**group, "params": list(range(count, count + len(group["params"])))})
+        count += len(group["params"])
+    return {"state": saved["state"], "param_groups": groups}
 
 
 def save_training_state(accelerator: Accelerator, state: TrainState, counters: Counters, root: Path, keep_last: int) -> Path:

@@ -41,10 +41,11 @@ def scalars(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def dmd_grad_at(x: torch.Tensor, real, fake_score, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-    """Noise x to sigma and read both scores there: the DMD gradient for x (DMD Algorithm 1)."""
+def dmd_grad_at(x: torch.Tensor, real, fake_score, sigma: torch.Tensor, cond=None, step: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise x to sigma and read both scores there: the DMD gradient for x (DMD Algorithm 1). fake_score: a Critic
+    (step: each sample's student step, which a step-aware one reads)."""
     x_t = x + sigma.reshape(-1, *([1] * (x.ndim - 1))) * torch.randn_like(x)
-    x0_real, x0_fake = real(x_t, sigma, cond), fake_score(x_t, sigma, cond)
+    x0_real, x0_fake = real(x_t, sigma, cond), fake_score(x_t, sigma, cond, step=step)
     return dmd_gradient(x, x0_real, x0_fake)
 
 
@@ -67,7 +68,7 @@ def fake_step(
     step: torch.Tensor | None = None,
     gan_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | float]:
-    """Train D_fake to denoise student samples (of the same class labels, when conditional): x when given (the last
+    """Train D_fake (a Critic) to denoise student samples (of the same class labels, when conditional): x when given (the last
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
     (a k-step student's at `step`, per sample).
 
@@ -88,14 +89,14 @@ def fake_step(
         # One (DDP) forward for denoising and classifying: DDP allows one forward per backward.
         gan_sigma = gan_sigma[: len(pair)]
         pair_t = pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)
-        x0, logits = fake_score(x_t, sigma, cond, classify=(pair_t, gan_sigma, cond_pair))
+        x0, logits = fake_score(x_t, sigma, cond, step=step, classify=(pair_t, gan_sigma, cond_pair))
         logits_fake, logits_real = logits[:m], logits[m:]
         loss_gan = discriminator_loss(logits_real, logits_fake)
         logs["loss/gan_discriminator"] = loss_gan.detach()
         logs["gan/real_accuracy"] = (logits_real > 0).float().mean().detach()
         logs["gan/fake_accuracy"] = batch_mean((logits_fake < 0).float()).detach()
     else:
-        x0, loss_gan = fake_score(x_t, sigma, cond), 0.0
+        x0, loss_gan = fake_score(x_t, sigma, cond, step=step), 0.0
     loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()
     grad_norm, skipped = apply_update(accelerator, fake_weight * loss + gan_weight * loss_gan, fake_score, optimizer, grad_clip)
     return logs | {"loss/fake_score": loss.detach(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
@@ -143,7 +144,7 @@ def student_step(
     logs, total = {}, torch.zeros((), device=z.device)
     if dmd_weight > 0:
         sigma = sample_sigma(len(x)) if step is None else sample_sigma(len(x), step)
-        grad = dmd_grad_at(x.detach(), real, fake_score, sigma, cond)
+        grad = dmd_grad_at(x.detach(), real, fake_score, sigma, cond, step)
         loss_dmd = dmd_loss(x, grad).mean()
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.detach()

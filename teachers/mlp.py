@@ -60,6 +60,11 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
         """The module whose output is the last hidden features (B, hidden_dim): where a GAN head reads."""
         return self.out[0]
 
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The module whose output is the noise-level embedding (B, hidden_dim) added to the input features."""
+        return self.emb
+
     def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """F_theta: the unpreconditioned network."""
         h = self.inp(x_in) + self.emb(sinusoidal_embedding(c_noise, self.emb_dim))

@@ -95,6 +95,12 @@ class UNetDenoiser(nn.Module):
         """The module whose output is the UNet's bottleneck features (the mid block; DMD2's GAN head reads it)."""
         return self.unet.mid_block
 
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The module whose output is the noise-level embedding (B, C) every block reads (a step-aware fake score adds
+        its step there)."""
+        return self.unet.time_embedding
+
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         sigma = expand_sigma(sigma, x)
         x_vp = x * (1 + sigma**2).rsqrt()  # VP models see x / sqrt(1 + sigma^2)

@@ -4,6 +4,7 @@ import functools
 import torch
 from accelerate import Accelerator
 
+from distill.gan import Critic
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.guard import any_process
@@ -30,7 +31,7 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     teacher_before, student_before, fake_before = _params(teacher), _params(student), _params(fake)
 
     logs = fake_step(
-        accelerator=accelerator, generator=generator, fake_score=fake, optimizer=opt_f, z=torch.randn(8, 2),
+        accelerator=accelerator, generator=generator, fake_score=Critic(fake, None), optimizer=opt_f, z=torch.randn(8, 2),
         sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
     )
     assert _changed(fake_before, fake) and not _changed(student_before, student)
@@ -38,7 +39,7 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     with torch.no_grad():
         x_before_update = generator(z)
     student_logs, x = student_step(
-        accelerator=accelerator, generator=generator, real=teacher, fake_score=fake, optimizer=opt_g, z=z,
+        accelerator=accelerator, generator=generator, real=teacher, fake_score=Critic(fake, None), optimizer=opt_g, z=z,
         sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=(torch.randn(8, 2), torch.randn(8, 2)),
         dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0,
     )
@@ -68,7 +69,7 @@ def test_fake_step_trains_on_given_samples_without_calling_the_generator():
     fake, generator = trainable_copy(teacher), CountingGenerator(StudentGenerator(trainable_copy(teacher)))
     fake_before = _params(fake)
     fake_step(
-        accelerator=Accelerator(cpu=True), generator=generator, fake_score=fake, optimizer=torch.optim.AdamW(fake.parameters()),
+        accelerator=Accelerator(cpu=True), generator=generator, fake_score=Critic(fake, None), optimizer=torch.optim.AdamW(fake.parameters()),
         z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
         x=torch.randn(8, 2),
     )
@@ -94,7 +95,7 @@ def test_step_logs_stay_on_the_device_until_they_are_written():
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
     logs = fake_step(
-        accelerator=Accelerator(cpu=True), generator=StudentGenerator(student), fake_score=fake,
+        accelerator=Accelerator(cpu=True), generator=StudentGenerator(student), fake_score=Critic(fake, None),
         optimizer=torch.optim.AdamW(fake.parameters()), z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA),
         sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
     )
