@@ -78,16 +78,20 @@ class Critic(nn.Module):
         self.fake_score, self.head, self.steps = fake_score, head, steps
 
     def forward(self, x: torch.Tensor, sigma, cond=None, step: torch.Tensor | None = None, classify: tuple | None = None):
-        """x0 estimate of x (of student samples made at `step`, when D_fake is step-aware); with
-        classify=(x_c, sigma_c[, cond_c]): (x0 estimate of x, real-vs-fake logits of x_c). The classifier is not
-        step-aware: real images have no step."""
-        with self.steps.added(self.fake_score, step) if self.steps is not None else contextlib.nullcontext():
-            x0 = self.fake_score(x, sigma, cond)
+        """x0 estimate of x (student samples made at `step`, which a step-aware D_fake reads); with
+        classify=(x_c, sigma_c[, cond_c[, step_c]]): (x0 estimate of x, real-vs-fake logits of x_c)."""
+        x0 = self.at_step(step, self.fake_score, x, sigma, cond)
         return x0 if classify is None else (x0, self.logits(*classify))
 
-    def logits(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        """Real-vs-fake logits (B,) of x noised to sigma: the backbone runs up to its bottleneck only."""
-        return self.head(bottleneck_features(self.fake_score, x, sigma, cond).float()).reshape(-1)
+    def logits(self, x: torch.Tensor, sigma, cond=None, step: torch.Tensor | None = None) -> torch.Tensor:
+        """Real-vs-fake logits (B,) of x noised to sigma (at `step`, when step-aware): the backbone runs up to its
+        bottleneck only."""
+        return self.head(self.at_step(step, bottleneck_features, self.fake_score, x, sigma, cond).float()).reshape(-1)
+
+    def at_step(self, step: torch.Tensor | None, fn, *args):
+        """fn(*args) with each sample's student step in D_fake's time embedding (loss.step_aware_fake_score)."""
+        with self.steps.added(self.fake_score, step) if self.steps is not None else contextlib.nullcontext():
+            return fn(*args)
 
 
 def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,14 @@ def picked(mask: torch.Tensor | None, *tensors):
     return tuple(t if mask is None or t is None else t[mask] for t in tensors)
 
 
+def steps_for_real(step_gan: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
+    """Student steps to label n real images with, for a step-aware classifier: the classified student samples' steps,
+    tiled (the same mix of steps, so at each step it compares real images with that step's samples); the batch's
+    steps when it classifies no student sample."""
+    source = step_gan if len(step_gan) else step
+    return source.repeat(-(-n // len(source)))[:n]
+
+
 def scalars(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """The step functions' logs as floats: each tensor is read from the device here, at logging time only."""
     return {name: float(value) for name, value in logs.items()}
@@ -75,7 +83,8 @@ def fake_step(
     With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
     and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
     bottleneck); the classifier loss trains the head and the fake score's backbone. gan_mask (B,) picks the student
-    samples the classifier sees (loss.gan_last_step_only); None: all."""
+    samples the classifier sees (loss.gan_last_step_only); None: all. A step-aware critic reads each sample's step,
+    and the real images' (steps_for_real)."""
     if x is None:
         with torch.no_grad():
             x = generator(z, cond, step)
@@ -83,13 +92,14 @@ def fake_step(
     logs = {}
     if gan_weight > 0:
         x_real, *cond_real = real_batch
-        x_gan, cond_gan = picked(gan_mask, x, cond)
+        x_gan, cond_gan, step_gan = picked(gan_mask, x, cond, step)
         pair, m = torch.cat([x_gan, x_real]), len(x_gan)
         cond_pair = torch.cat([cond_gan, *cond_real]) if cond is not None else None
+        step_pair = None if step is None else torch.cat([step_gan, steps_for_real(step_gan, step, len(x_real))])
         # One (DDP) forward for denoising and classifying: DDP allows one forward per backward.
         gan_sigma = gan_sigma[: len(pair)]
         pair_t = pair + expand_sigma(gan_sigma, pair) * torch.randn_like(pair)
-        x0, logits = fake_score(x_t, sigma, cond, step=step, classify=(pair_t, gan_sigma, cond_pair))
+        x0, logits = fake_score(x_t, sigma, cond, step=step, classify=(pair_t, gan_sigma, cond_pair, step_pair))
         logits_fake, logits_real = logits[:m], logits[m:]
         loss_gan = discriminator_loss(logits_real, logits_fake)
         logs["loss/gan_discriminator"] = loss_gan.detach()
@@ -149,9 +159,9 @@ def student_step(
         total = total + dmd_weight * loss_dmd
         logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
-        x_gan, sigma_gan, cond_gan = picked(gan_mask, x, gan_sigma, cond)
+        x_gan, sigma_gan, cond_gan, step_gan = picked(gan_mask, x, gan_sigma, cond, step)
         with frozen(critic):
-            logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan)
+            logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan, step_gan)
         loss_gan = batch_mean(generator_loss(logits))
         total = total + gan_weight * loss_gan
         logs["loss/gan_generator"] = loss_gan.detach()

@@ -11,6 +11,7 @@ from distill.fake_score import build_step_embedding, find_time_embedding
 from distill.gan import Critic, build_head
 from distill.generator import trainable_copy
 from distill.loop import run
+from distill.steps import steps_for_real
 from teachers.errors import ConfigError
 from teachers.gmm import GMMDenoiser, mixture_from_lists
 from teachers.mlp import MLPDenoiser
@@ -43,14 +44,24 @@ def test_step_embedding_starts_as_the_teacher_copy_then_tells_the_steps_apart(na
     assert grad[[0, 3]].abs().sum(dim=1).gt(0).all() and grad[[1, 2]].abs().sum() == 0  # only the steps drawn train
 
 
-def test_the_classifier_stays_step_blind():
+def test_the_classifier_reads_the_step_too():
     fake = trainable_copy(TEACHERS["unet cond 8x8"]())
     critic = Critic(fake, build_head(fake), build_step_embedding(fake, 2))
-    with torch.no_grad():
-        critic.steps.table.weight.normal_()
     x, sigma, cond = torch.randn(2, *fake.shape), torch.tensor([0.5, 2.0]), torch.tensor([3, 4])
-    _, logits = critic(x, sigma, cond, step=torch.tensor([1, 1]), classify=(x, sigma, cond))
-    torch.testing.assert_close(logits, critic.logits(x, sigma, cond), rtol=0, atol=0)
+    with torch.no_grad():
+        blind = critic.logits(x, sigma, cond)
+        torch.testing.assert_close(critic.logits(x, sigma, cond, torch.tensor([1, 1])), blind, rtol=0, atol=0)
+        critic.steps.table.weight.normal_()
+        _, logits = critic(x, sigma, cond, step=torch.tensor([0, 0]), classify=(x, sigma, cond, torch.tensor([1, 1])))
+        torch.testing.assert_close(logits, critic.logits(x, sigma, cond, torch.tensor([1, 1])), rtol=0, atol=0)
+        assert not torch.allclose(logits, critic.logits(x, sigma, cond, torch.tensor([0, 0])))
+
+
+def test_real_images_carry_the_classified_samples_steps():
+    step = torch.tensor([0, 3, 1, 3])
+    assert steps_for_real(step, step, 4).tolist() == [0, 3, 1, 3]
+    assert steps_for_real(step[step == 3], step, 4).tolist() == [3, 3, 3, 3]  # loss.gan_last_step_only
+    assert steps_for_real(step[:0], step, 3).tolist() == [0, 3, 1]  # no student sample classified
 
 
 def test_a_teacher_without_a_time_embedding_is_refused():
