@@ -80,7 +80,7 @@ def fake_step(
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
     (a k-step student's at `step`, per sample).
 
-    With DMD2's GAN (gan_weight > 0, fake_score a Critic): the same forward also classifies student samples
+    With DMD2's GAN (gan_weight > 0, the Critic with a head): the same forward also classifies student samples
     and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
     bottleneck); the classifier loss trains the head and the fake score's backbone. gan_mask (B,) picks the student
     samples the classifier sees (loss.gan_last_step_only); None: all. A step-aware critic reads each sample's step,
