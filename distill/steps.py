@@ -160,8 +160,10 @@ def student_step(
         logs["loss/dmd"] = loss_dmd.detach()
     if gan_weight > 0:
         x_gan, sigma_gan, cond_gan, step_gan = picked(gan_mask, x, gan_sigma, cond, step)
-        with frozen(critic):
-            logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan, step_gan)
+        logits = x_gan.new_zeros(0)
+        if len(x_gan):  # gan_mask may pick none (no last-step sample drawn); diffusers' attention refuses an empty batch
+            with frozen(critic):
+                logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan, step_gan)
         loss_gan = batch_mean(generator_loss(logits))
         total = total + gan_weight * loss_gan
         logs["loss/gan_generator"] = loss_gan.detach()
