@@ -43,7 +43,10 @@ def class_mix_weights(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def fid(a: Stats, b: Stats) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017), through clean-fid."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017), through clean-fid; exactly 0 for
+    identical statistics (sqrtm of a set with itself leaves ~1e-11)."""
+    if np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma):
+        return 0.0
     return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
 
 

@@ -138,8 +138,7 @@ def evaluate_images(
             "nfe": sample_fn.nfe, "num_samples": eval_cfg.num_samples, "seconds_per_sample": seconds[label],
             "feature_extractor": extractor.name, "seed": eval_cfg.seed, "reference": eval_cfg.get("reference_stats") or f"{data_cfg.name}/{eval_cfg.reference_split}",
             "reference_num": reference.num, "fid": fid(stats[label], reference),
-            "fid_vs_teacher": 0.0 if label == full_sampler else fid(stats[label], stats[full_sampler]),  # sqrtm of a set with itself leaves ~1e-11
-            **extra,
+            "fid_vs_teacher": fid(stats[label], stats[full_sampler]), **extra,
         }
         if eval_cfg.cross_check:
             entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images, samples[label])

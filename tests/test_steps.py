@@ -137,6 +137,6 @@ def test_gan_mask_limits_both_gan_losses_to_the_picked_samples(monkeypatch):
             gan_sigma=sample_dmd_sigma(8, **SIGMA), gan_weight=0.1, gan_mask=mask,
         )
         picked = int(mask.sum())
-        assert sizes == [picked + 8, picked][: 2 if picked else 1]  # the classifier's batch, then the student's GAN loss (none when empty)
+        assert sizes == [picked + 8] + ([picked] if picked else [])  # the classifier's batch, then the student's GAN loss (none when empty)
         assert torch.isfinite(logs["loss/gan_discriminator"]) and torch.isfinite(student_logs["loss/gan_generator"])
         assert logs["skipped/fake_score"] == student_logs["skipped/student"] == 0.0
