@@ -74,7 +74,8 @@ def check_loss(loss: DictConfig) -> None:
     )
     _require(_is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
              f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
-    _require(loss.dmd_weight > 0 or loss.regression_weight > 0, "loss.dmd_weight and loss.regression_weight are both 0; at least one must be > 0")
+    _require(loss.dmd_weight > 0 or loss.regression_weight > 0 or loss.gan_generator_weight > 0,
+             "loss.dmd_weight, loss.regression_weight and loss.gan_generator_weight are all 0; at least one must be > 0")
     _require(
         loss.regression_distance in REGRESSION_DISTANCES,
         f"loss.regression_distance={loss.regression_distance}; allowed: {', '.join(REGRESSION_DISTANCES)}",

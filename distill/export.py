@@ -19,14 +19,19 @@ def student_weights(student, ema: EMAModel | None):
     return export
 
 
-def export_student(student, ema: EMAModel | None, path: Path, sigmas: list[float] | None = None) -> Path:
-    """The student's (EMA) weights, saved atomically with save_pretrained; a multi-step student's sigma list
-    goes beside them in student.json, so `python -m eval` samples it the way it was trained."""
+def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: str | None = None) -> dict:
+    """What `python -m eval` needs beside the weights to sample and judge the student as it was trained: its sigma list
+    (one entry for one step: its own conditioning sigma), and the real score's CFG scale with the teacher it refers to."""
+    return {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher}
+
+
+def export_student(student, ema: EMAModel | None, path: Path, record: dict) -> Path:
+    """The student's (EMA) weights, saved atomically with save_pretrained, with `record` (student_record) beside them
+    in student.json, so `python -m eval` samples and judges it the way it was trained."""
     model = student_weights(student, ema)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        if sigmas is not None and len(sigmas) > 1:
-            (Path(tmp) / STUDENT_FILE).write_text(json.dumps({"sigmas": [float(s) for s in sigmas]}) + "\n")
+        (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
 
     return write_folder_atomic(path, write)

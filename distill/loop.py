@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
-from distill.export import export_student
+from distill.export import export_student, student_record
 from distill.fake_score import build_step_embedding
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
@@ -121,7 +121,9 @@ def is_due(done: int, every: int, last: int) -> bool:
 
 def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, device) -> dict:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
-    export_student(state.student, state.ema, run_dir / "student", cfg.student.sigmas)
+    sigmas = cfg.student.sigmas or [state.student.sigma_max]
+    teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
+    export_student(state.student, state.ema, run_dir / "student", student_record(sigmas, cfg.loss.guidance_scale, teacher))
     student = load_denoiser(run_dir / "student").to(device)
     return task.evaluate(cfg, student, real, run_dir, device)
 
@@ -251,7 +253,7 @@ def run(cfg: DictConfig) -> dict:
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps)  # fails early
-    pairs = setup_pairs(cfg, real if guided else teacher, run_dir, accelerator)  # ODE pairs of the sampler the student matches
+    pairs = setup_pairs(cfg, real, run_dir, accelerator)  # ODE pairs of the real score the student matches (guided, or exact)
     real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)

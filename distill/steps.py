@@ -141,11 +141,11 @@ def student_step(
     A k-step student trains each sample of z at its `step` (None: drawn by the generator), and sample_sigma(n, step)
     then draws the DMD noise for those steps; the regression pairs start from pure noise, so they train step 0.
 
-    Returns the logs and G(z, cond) as made before the update, detached (empty when dmd_weight is 0): a fake-score
+    Returns the logs and G(z, cond) as made before the update, detached (empty with neither DMD nor GAN): a fake-score
     update may train on them (train.reuse_student_samples)."""
     # One generator call for both batches: DDP allows one forward per backward.
     z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
-    if dmd_weight == 0:
+    if dmd_weight == 0 and gan_weight == 0:  # regression only: no student batch to make (the GAN alone still needs one)
         z, cond, step = z[:0], None if cond is None else cond[:0], None if step is None else step[:0]
     cond_all = torch.cat([cond, *cond_ref]) if cond is not None else None
     step_all = None if step is None else torch.cat([step, step.new_zeros(len(z_ref))])

@@ -15,6 +15,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from tqdm.auto import tqdm
 
+from eval.cache import check_key, write_key
 from teachers.errors import ConfigError
 from teachers.io import sha256_of, write_folder_atomic
 
@@ -75,8 +76,9 @@ def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, 
     return model.eval().requires_grad_(False)
 
 
-def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int) -> tuple[DomainClassifier, float]:
-    """The classifier in path, or one trained on load_split("train") and saved there; and its test accuracy."""
+def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int, key: dict | None = None) -> tuple[DomainClassifier, float]:
+    """The classifier in path, or one trained on load_split("train") and saved there; and its test accuracy. With a
+    key (the data it is trained and tested on), a folder made for another key is refused."""
     path = Path(path)
     if not (path / ACCURACY_FILE).is_file():
         train, test = load_split("train"), load_split("test")  # only read when there is something to train
@@ -86,8 +88,11 @@ def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int) -> tu
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
             (tmp / ACCURACY_FILE).write_text(json.dumps({"test_accuracy": acc, "num_test": len(test[0])}) + "\n")
+            if key is not None:
+                write_key(tmp, key)
 
         write_folder_atomic(path, write, keep_existing=True)  # parallel sweep runs may train it at once
+    check_key(path, key)
     model = DomainClassifier.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
     return model, json.loads((path / ACCURACY_FILE).read_text())["test_accuracy"]
 

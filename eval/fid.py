@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from cleanfid.fid import frechet_distance
 
+from eval.cache import check_key, write_key
 from teachers.io import write_folder_atomic
 
 
@@ -50,9 +52,16 @@ def fid(a: Stats, b: Stats) -> float:
     return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
 
 
-def save_stats(stats: Stats, path: Path) -> Path:
-    """Stats as stats.npz in a cache folder, written atomically; a folder another process wrote first is kept."""
-    write = lambda tmp: (tmp.mkdir(parents=True), np.savez(tmp / "stats.npz", mu=stats.mu, sigma=stats.sigma, num=stats.num))  # noqa: E731
+def save_stats(stats: Stats, path: Path, key: dict | None = None) -> Path:
+    """Stats as stats.npz (and the key that defines them as key.json) in a cache folder, written atomically; a folder
+    another process wrote first is kept."""
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        np.savez(tmp / "stats.npz", mu=stats.mu, sigma=stats.sigma, num=stats.num)
+        if key is not None:
+            write_key(tmp, key)
+
     return write_folder_atomic(path, write, keep_existing=True)
 
 
@@ -62,10 +71,13 @@ def load_stats(path: Path) -> Stats:
     return Stats(data["mu"], data["sigma"], int(data["num"]))
 
 
-def cached_stats(path: Path, compute) -> Stats:
-    """Reference statistics from the cache folder, computed once by compute() and stored there."""
-    if not (Path(path) / "stats.npz").is_file():
-        save_stats(compute(), path)
+def cached_stats(path: Path, compute, key: dict | None = None) -> Stats:
+    """Reference statistics from the cache folder, computed once by compute() and stored there; with a key (what
+    defines them: data content, split, extractor), a folder whose key.json differs is refused, never reused."""
+    path = Path(path)
+    if not (path / "stats.npz").is_file():
+        save_stats(compute(), path, key)
+    check_key(path, key)
     return load_stats(path)
 
 

@@ -18,7 +18,7 @@ from eval.toy_metrics import toy_metrics
 from teachers.gmm import GaussianMixture
 
 
-STUDENT_FILE = "student.json"  # {"sigmas": [...]} for multi-step students
+STUDENT_FILE = "student.json"  # {"sigmas": [...], "guidance_scale": w, "teacher": path}: how the student was trained
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,15 @@ def student_label(nfe: int) -> str:
     return f"student_nfe{nfe}"
 
 
-def read_student_sigmas(path) -> list[float] | None:
-    """The sigma list a multi-step student was trained on (student.json beside its weights), or None for one step."""
+def read_student_record(path) -> dict:
+    """student.json beside an exported student (distill.export.student_record); {} for a folder without one."""
     file = Path(path) / STUDENT_FILE
-    return json.loads(file.read_text())["sigmas"] if file.is_file() else None
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def read_student_sigmas(path) -> list[float] | None:
+    """The sigma list a student was trained on (its own conditioning sigma for one step), or None when not recorded."""
+    return read_student_record(path).get("sigmas")
 
 
 def timed_sampling(fn, noise: torch.Tensor, batch_size: int, cond: torch.Tensor | None = None, desc: str = "") -> tuple[torch.Tensor, float]:

@@ -14,6 +14,7 @@ from eval.features import (
     class_total_variation, extract, find_inception, load_or_train_classifier,
 )
 from teachers.io import sha256_of
+from eval.cache import tensor_digest
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
 from teachers.data import load_images
@@ -36,9 +37,12 @@ class Extractor:
 def domain_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, float]:
     """The dataset's classifier (shipped, cached, or trained now on the train split) and its test accuracy."""
     path = Path(eval_cfg.classifier_path) if eval_cfg.classifier_path else zoo_path(f"{data_cfg.name}_classifier")
-    if path is None:
-        path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier"
-    model, acc = load_or_train_classifier(path, lambda part: load_images(data_cfg, part), dict(eval_cfg.classifier_fit), seed)
+    key = None
+    if path is None:  # trained here: keyed by the images and labels it learns and is tested on, not by data.name
+        key = {"train_and_test_sha256": tensor_digest(*load_images(data_cfg, "train"), *load_images(data_cfg, "test")),
+               "classifier_fit": dict(eval_cfg.classifier_fit), "seed": seed}
+        path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier-{key['train_and_test_sha256'][:16]}"
+    model, acc = load_or_train_classifier(path, lambda part: load_images(data_cfg, part), dict(eval_cfg.classifier_fit), seed, key)
     digest = sha256_of(path / "diffusion_pytorch_model.safetensors")[:12]
     return Extractor(model, f"domain_classifier:{path.name}", f"domain-{digest}"), acc
 
@@ -62,9 +66,11 @@ def build_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, dict]:
 
 
 def reference_stats(extractor: Extractor, images: torch.Tensor, data_name: str, split: str, cache_dir: Path) -> Stats:
-    """Feature statistics of the reference images, cached per data set, split and extractor."""
-    return cached_stats(Path(cache_dir) / "fid_stats" / f"{data_name}-{split}-{extractor.cache_id}",
-                        lambda: stats_of(extract(extractor.net, images)))
+    """Feature statistics of the reference images, cached per extractor and image content (so another folder, split
+    or split seed under the same data.name never reads them)."""
+    key = {"images_sha256": tensor_digest(images), "extractor": extractor.cache_id, "split": split}
+    return cached_stats(Path(cache_dir) / "fid_stats" / f"{data_name}-{split}-{extractor.cache_id}-{key['images_sha256'][:16]}",
+                        lambda: stats_of(extract(extractor.net, images)), key)
 
 
 def published_stats(spec: str, extractor: Extractor) -> Stats:

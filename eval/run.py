@@ -1,18 +1,22 @@
 """Evaluate stored models: the teacher's full sampler(s) and an exported student, on the same seeds."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.harness import evaluate_toy, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
+from eval.harness import evaluate_toy, read_student_record, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
 from eval.images import evaluate_images, full_sampler_label
 from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
 from teachers.gmm import GMMDenoiser, mixture_from_lists
+from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path
+
+log = logging.getLogger(__name__)
 
 
 def load_models(cfg: DictConfig):
@@ -24,7 +28,19 @@ def load_models(cfg: DictConfig):
     else:
         teacher = load_denoiser(resolve_model_path(cfg.teacher.path))
     student = load_denoiser(cfg.student_path, key="student_path") if cfg.student_path else None
-    return teacher, student
+    scale = guidance_scale(cfg)
+    return (teacher if scale == 1 else GuidedDenoiser(teacher, scale)), student
+
+
+def guidance_scale(cfg: DictConfig) -> float:
+    """The teacher's CFG scale: `guidance_scale` when set, else the one the student was distilled with (its
+    student.json), else 1; a student distilled against another teacher is named in a warning."""
+    record = read_student_record(cfg.student_path) if cfg.get("student_path") else {}
+    if record.get("teacher") and str(record["teacher"]) != str(cfg.teacher.path):
+        log.warning("student_path=%s was distilled against teacher %s; evaluating against teacher.path=%s",
+                    cfg.student_path, record["teacher"], cfg.teacher.path)
+    scale = cfg.get("guidance_scale")
+    return float(record.get("guidance_scale", 1.0) if scale is None else scale)
 
 
 def student_sigmas(cfg: DictConfig) -> list[float] | None:

@@ -141,8 +141,9 @@ def test_one_step_generator_is_the_student_at_sigma_max():
     student = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8)
     z = torch.randn(5, 2)
     expected = student(student.sigma_max * z, torch.full((5,), student.sigma_max))
-    torch.testing.assert_close(StudentGenerator(student)(z), expected, rtol=0, atol=0)
-    torch.testing.assert_close(StudentGenerator(student).sample(z), expected, rtol=0, atol=0)
+    # the generator and the sampler reach the network through other code than this direct call: float32 tolerance
+    torch.testing.assert_close(StudentGenerator(student)(z), expected)
+    torch.testing.assert_close(StudentGenerator(student).sample(z), expected)
 
 
 def _unet_without_mid_block():
@@ -186,7 +187,7 @@ def test_classifier_forward_stops_at_the_bottleneck_with_the_full_forwards_featu
     fake(x, sigma)  # the full forward: its bottleneck output is seen[0]
     fake.unet.up_blocks[0].register_forward_hook(lambda *_: decoder_calls.append(1))
     features = bottleneck_features(fake, x, sigma)
-    torch.testing.assert_close(features, seen[0], rtol=0, atol=0)
+    torch.testing.assert_close(features, seen[0], rtol=0, atol=0)  # a replay: the same layers on the same batch up to the bottleneck
     assert decoder_calls == []  # the decoder never ran
     features.square().sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fake.parameters())
@@ -230,7 +231,7 @@ def test_multistep_student_sampler_is_reproducible_and_counts_its_nfe():
     again = student_sample_fn(student, [80.0, 5.0, 1.5, 0.5], seed=7)
     first = fn.fn(z)
     assert fn.nfe == 4
-    torch.testing.assert_close(first, again.fn(z), rtol=0, atol=0)  # same seed, same batches: same samples
+    torch.testing.assert_close(first, again.fn(z), rtol=0, atol=0)  # a replay: same seed, same batches, same code: same samples
     assert not torch.equal(fn.fn(z), first)  # the re-noising stream moves on from batch to batch
 
 
@@ -259,7 +260,7 @@ def test_dmd2_image_run_with_a_four_step_student(tmp_path):
                  FOUR_SIGMAS, f"run_dir={tmp_path / 'run'}", f"eval.cache_dir={cache}"]
     metrics = run(compose_config("train", overrides))
     assert metrics.keys() == {"teacher_heun_nfe3", "student_nfe4"} and metrics["student_nfe4"]["nfe"] == 4
-    assert json.loads((tmp_path / "run" / "student" / "student.json").read_text()) == {"sigmas": [80.0, 5.0, 1.5, 0.5]}
+    assert json.loads((tmp_path / "run" / "student" / "student.json").read_text())["sigmas"] == [80.0, 5.0, 1.5, 0.5]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {"loss/gan_generator", "loss/gan_discriminator", "loss/dmd"} <= log[-1].keys() and "loss/regression" not in log[-1]
     assert "gan_head" in load_checkpoint(tmp_path / "run" / "checkpoints" / "step-2")[0]
@@ -303,7 +304,7 @@ def test_a_one_step_checkpoint_resumes_as_a_four_step_student(tmp_path):
     logged = [json.loads(line)["step"] for line in (four / "train_log.jsonl").read_text().splitlines()]
     assert logged == [3]  # it went on from step 2, not from the teacher's weights
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
-    assert json.loads((four / "student" / "student.json").read_text()) == {"sigmas": [80.0, 5.0, 1.5, 0.5]}
+    assert json.loads((four / "student" / "student.json").read_text())["sigmas"] == [80.0, 5.0, 1.5, 0.5]
 
 
 def test_toy_gan_run_resumes_with_its_head(tmp_path):

@@ -34,10 +34,10 @@ def test_step_embedding_starts_as_the_teacher_copy_then_tells_the_steps_apart(na
     step = torch.tensor([0, 3, 3])
     with torch.no_grad():
         plain = fake(x, sigma, cond)
-        torch.testing.assert_close(critic(x, sigma, cond, step=step), plain, rtol=0, atol=0)  # zero at the start
+        torch.testing.assert_close(critic(x, sigma, cond, step=step), plain)  # zero at the start (through a hook: float32 tolerance)
         critic.steps.table.weight.normal_()
         x0_by_step = [critic(x, sigma, cond, step=torch.full((3,), i)) for i in range(4)]
-        torch.testing.assert_close(critic(x, sigma, cond), plain, rtol=0, atol=0)  # no step: the hook is gone
+        torch.testing.assert_close(critic(x, sigma, cond), plain, rtol=0, atol=0)  # no step: the hook is gone (a replay of the plain forward)
     assert all(not torch.allclose(x0_by_step[0], other) for other in x0_by_step[1:])
     critic(x, sigma, cond, step=step).square().sum().backward()
     grad = critic.steps.table.weight.grad
@@ -50,10 +50,10 @@ def test_the_classifier_reads_the_step_too():
     x, sigma, cond = torch.randn(2, *fake.shape), torch.tensor([0.5, 2.0]), torch.tensor([3, 4])
     with torch.no_grad():
         blind = critic.logits(x, sigma, cond)
-        torch.testing.assert_close(critic.logits(x, sigma, cond, torch.tensor([1, 1])), blind, rtol=0, atol=0)
+        torch.testing.assert_close(critic.logits(x, sigma, cond, torch.tensor([1, 1])), blind)  # zero table (through a hook)
         critic.steps.table.weight.normal_()
         _, logits = critic(x, sigma, cond, step=torch.tensor([0, 0]), classify=(x, sigma, cond, torch.tensor([1, 1])))
-        torch.testing.assert_close(logits, critic.logits(x, sigma, cond, torch.tensor([1, 1])), rtol=0, atol=0)
+        torch.testing.assert_close(logits, critic.logits(x, sigma, cond, torch.tensor([1, 1])), rtol=0, atol=0)  # a replay: forward(classify=) calls logits on the same batch
         assert not torch.allclose(logits, critic.logits(x, sigma, cond, torch.tensor([0, 0])))
 
 

@@ -16,7 +16,7 @@ def test_split_across_processes_equals_one_process(tmp_path):
         generate_pairs(teacher, tmp_path / "two", **SETTINGS, num_classes=3, rank=rank, world_size=2)
     one, two = load_pairs(tmp_path / "one", 10), load_pairs(tmp_path / "two", 10)
     assert len(one) == 3 and one[0].shape == (10, 1, 8, 8) and one[2].shape == (10,)
-    for a, b in zip(one, two):
+    for a, b in zip(one, two):  # a replay: each shard is the same batch from the same seed, whichever process makes it
         assert torch.equal(a, b)
 
 
@@ -29,4 +29,5 @@ def test_generation_resumes_with_only_the_missing_shards(tmp_path):
     generate_pairs(teacher, tmp_path, **SETTINGS)
     after = load_pairs(tmp_path, 10)
     assert (shard_dir(tmp_path, 0) / "dataset_info.json").stat().st_mtime_ns == kept
+    # a replay: shard 1 is remade from its own seed with the same batch; shard 0 is read back as written
     assert len(after) == 2 and all(torch.equal(a, b) for a, b in zip(before, after))

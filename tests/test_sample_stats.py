@@ -24,7 +24,7 @@ def test_one_row_per_student_with_every_sample_counted_once(tmp_path):
     real = next(line for line in table.splitlines() if line.startswith("| MNIST training split"))
     assert sum(int(c) for c in real.split("|")[3].split()) == 4500  # the 90% training split of 5,000
     assert float(real.split("|")[4]) == 0 and 0 <= float(rows[0].split("|")[4]) <= 1  # class TV vs the data itself: 0
-    assert len(rows) == 2 and rows[0] == rows[1]  # same noise seed, same student: same row
+    assert len(rows) == 2 and rows[0] == rows[1]  # a replay: same noise seed, same student, same batches: same row
     counts = [int(c) for c in rows[0].split("|")[3].split()]
     assert len(counts) == 10 and sum(counts) == 30
     assert (tmp_path / "t.md").read_text() == table
