@@ -9,6 +9,7 @@ from distill.checkpoint import CorruptCheckpoint, verify
 from distill.schedule import LR_SCHEDULES
 from distill.tasks import ImageTask, ToyTask
 from eval.samplers import SAMPLERS
+from teachers.base import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers.io import check_teacher_folder, is_hub_id, read_model_config
@@ -80,7 +81,9 @@ def check_loss(loss: DictConfig) -> None:
         loss.regression_distance in REGRESSION_DISTANCES,
         f"loss.regression_distance={loss.regression_distance}; allowed: {', '.join(REGRESSION_DISTANCES)}",
     )
-    for name in ("sigma", "gan_sigma"):
+    _require(loss.fake_score_weighting in ("auto", *LOSS_WEIGHTINGS),
+             f"loss.fake_score_weighting={loss.fake_score_weighting}; allowed: auto, {', '.join(LOSS_WEIGHTINGS)}")
+    for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
         _require(0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")
         _require(0 <= s.t_min < s.t_max <= 1, f"loss.{name}.t_min={s.t_min}, loss.{name}.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")

@@ -106,6 +106,11 @@ def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, t
     return factor
 
 
+def fake_score_weighting(loss: DictConfig, teacher) -> str:
+    """loss.fake_score_weighting, with `auto` = the teacher network's own MSE (eps-MSE for an eps UNet, as DMD2)."""
+    return getattr(teacher, "loss_weighting", "edm") if loss.fake_score_weighting == "auto" else loss.fake_score_weighting
+
+
 def random_batch(tensors, batch_size: int, device):
     """A random batch of stored tensors (teacher ODE pairs (z_ref, y_ref[, label]), or real images[, labels])."""
     if tensors is None:
@@ -147,6 +152,7 @@ class StepContext:
     num_classes: int | None
     loss: DictConfig
     train: DictConfig
+    fake_weighting: str = "edm"  # the fake score's denoising loss weighting (loss.fake_score_weighting, resolved)
     recent: tuple | None = None  # the last student update's samples, labels and steps (None: one step)
 
 
@@ -167,9 +173,10 @@ class StepContext:
         """With loss.gan_last_step_only, the samples made at the student's last step; None: all samples."""
         return None if step is None or not self.loss.gan_last_step_only else step == self.student.num_steps - 1
 
-    def sample_sigma(self, n: int, step: torch.Tensor | None = None) -> torch.Tensor:
-        """DMD noise levels; with loss.sigma_up_to_student_step, each sample's at most its step's input sigma."""
-        sigma, device = dict(self.loss.sigma), self.accelerator.device
+    def sample_sigma(self, n: int, step: torch.Tensor | None = None, key: str = "sigma") -> torch.Tensor:
+        """Noise levels of loss.<key>: `sigma` for the DMD gradient, `fake_sigma` for the fake-score loss; with
+        loss.sigma_up_to_student_step, each sample's at most its step's input sigma."""
+        sigma, device = dict(self.loss[key]), self.accelerator.device
         if step is not None and self.loss.sigma_up_to_student_step:
             sigma["max"] = torch.tensor(self.student.sigmas, device=device)[step].clamp(max=sigma["max"])
         return sample_dmd_sigma(n, **sigma, device=device)
@@ -189,14 +196,14 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             reuse = i == 0 and ctx.recent is not None and len(ctx.recent[0]) == n
             z = ctx.draw_z(n)
             x, cond, steps = ctx.recent if reuse else (None, None, ctx.draw_steps(n))
-            sigma = ctx.sample_sigma(n, steps)
+            sigma = ctx.sample_sigma(n, steps, "fake_sigma")
             cond = cond if reuse else ctx.draw_cond(n)  # after sigma: a one-step run's random stream as before
             logs |= fake_step(
                 accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
                 z=z, sigma=sigma, sigma_data=ctx.sigma_data,
                 fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=cond,
                 real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
-                gan_weight=loss.gan_discriminator_weight, x=x, step=steps, gan_mask=ctx.gan_mask(steps),
+                gan_weight=loss.gan_discriminator_weight, x=x, step=steps, gan_mask=ctx.gan_mask(steps), weighting=ctx.fake_weighting,
             )
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
@@ -271,6 +278,7 @@ def run(cfg: DictConfig) -> dict:
         student_optimizer=opt_g,
         fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
         num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,
+        fake_weighting=fake_score_weighting(cfg.loss, teacher),
     )
     z_plot, cond_plot = plot_inputs(task, ctx, cfg.seed)
     train, checkpoints = cfg.train, run_dir / "checkpoints"

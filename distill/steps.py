@@ -10,7 +10,7 @@ from distill.guard import any_process
 from distill.gan import batch_mean, discriminator_loss, frozen, generator_loss
 from distill.losses import dmd_gradient, dmd_loss, regression_loss
 from teachers.base import expand_sigma
-from teachers.loss import edm_weighted_error
+from teachers.loss import weighted_denoising_error
 
 
 def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
@@ -75,8 +75,9 @@ def fake_step(
     x: torch.Tensor | None = None,
     step: torch.Tensor | None = None,
     gan_mask: torch.Tensor | None = None,
+    weighting: str = "edm",
 ) -> dict[str, torch.Tensor | float]:
-    """Train D_fake (a Critic) to denoise student samples (of the same class labels, when conditional): x when given (the last
+    """Train D_fake (a Critic) to denoise student samples, with the denoising loss `weighting` (loss.fake_score_weighting) (of the same class labels, when conditional): x when given (the last
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
     (a k-step student's at `step`, per sample).
 
@@ -107,7 +108,7 @@ def fake_step(
         logs["gan/fake_accuracy"] = batch_mean((logits_fake < 0).float()).detach()
     else:
         x0, loss_gan = fake_score(x_t, sigma, cond, step=step), 0.0
-    loss = edm_weighted_error(x0, x, sigma, sigma_data).mean()
+    loss = weighted_denoising_error(x0, x, sigma, sigma_data, weighting).mean()
     grad_norm, skipped = apply_update(accelerator, fake_weight * loss + gan_weight * loss_gan, fake_score, optimizer, grad_clip)
     return logs | {"loss/fake_score": loss.detach(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 

@@ -28,20 +28,33 @@ INCEPTION_FILES = {
 }
 
 
-class DomainClassifier(ModelMixin, ConfigMixin):
-    """A small CNN classifier; its penultimate layer (feature_dim) is the FID feature space for its domain.
+CLASSIFIER_ARCHS = ("cnn", "mlp")
 
+
+class DomainClassifier(ModelMixin, ConfigMixin):
+    """A small classifier; its penultimate layer (feature_dim) is the FID feature space for its domain.
+
+    arch `cnn`: two conv layers (the default extractor); `mlp`: two dense layers on the pixels, a second opinion of
+    another architecture (a claim that holds in only one feature space is not a claim).
     x: NCHW float32 in [-1, 1]; forward returns features (B, feature_dim), `logits` the class scores.
     """
 
     @register_to_config
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
+                 arch: str = "cnn", image_size: int = 28):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, feature_dim), nn.GELU(),
-        )
+        if arch == "cnn":
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, feature_dim), nn.GELU(),
+            )
+        elif arch == "mlp":
+            self.body = nn.Sequential(
+                nn.Flatten(), nn.Linear(in_channels * image_size**2, 8 * width), nn.ReLU(), nn.Linear(8 * width, feature_dim), nn.ReLU(),
+            )
+        else:
+            raise ConfigError(f"classifier arch={arch}; allowed: {', '.join(CLASSIFIER_ARCHS)}")
         self.head = nn.Linear(feature_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,12 +71,13 @@ def accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor
     return float((preds == labels).float().mean())
 
 
-def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, seed: int, progress: bool = True) -> DomainClassifier:
+def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, seed: int, progress: bool = True,
+                     arch: str = "cnn") -> DomainClassifier:
     """Cross-entropy training with light shift augmentation; returns the model in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = DomainClassifier(in_channels=images.shape[1], num_classes=int(labels.max()) + 1)
+        model = DomainClassifier(in_channels=images.shape[1], num_classes=int(labels.max()) + 1, arch=arch, image_size=images.shape[-1])
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in tqdm(range(steps), desc="domain classifier", disable=not progress, mininterval=2):
         idx = torch.randint(len(images), (batch_size,), generator=gen)

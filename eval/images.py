@@ -17,9 +17,10 @@ from teachers.io import sha256_of
 from eval.cache import tensor_digest
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
+from eval.quality import quality_figures
 from teachers.data import load_images
 from teachers.errors import ConfigError
-from teachers.zoo import zoo_path
+from teachers.zoo import resolve_model_path, zoo_path
 
 EXTRACTORS = ("domain", "inception")
 GRID_IMAGES = 64
@@ -34,17 +35,30 @@ class Extractor:
     cache_id: str
 
 
-def domain_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, float]:
-    """The dataset's classifier (shipped, cached, or trained now on the train split) and its test accuracy."""
-    path = Path(eval_cfg.classifier_path) if eval_cfg.classifier_path else zoo_path(f"{data_cfg.name}_classifier")
+def domain_extractor(data_cfg, eval_cfg, seed: int, path=None, arch: str = "cnn") -> tuple[Extractor, float]:
+    """The dataset's classifier of that arch (at `path`, else shipped, else cached or trained now on the train split)
+    and its test accuracy."""
+    suffix = "" if arch == "cnn" else f"_{arch}"
+    path = Path(resolve_model_path(path)) if path else zoo_path(f"{data_cfg.name}_classifier{suffix}")
     key = None
     if path is None:  # trained here: keyed by the images and labels it learns and is tested on, not by data.name
         key = {"train_and_test_sha256": tensor_digest(*load_images(data_cfg, "train"), *load_images(data_cfg, "test")),
-               "classifier_fit": dict(eval_cfg.classifier_fit), "seed": seed}
-        path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier-{key['train_and_test_sha256'][:16]}"
-    model, acc = load_or_train_classifier(path, lambda part: load_images(data_cfg, part), dict(eval_cfg.classifier_fit), seed, key)
+               "classifier_fit": dict(eval_cfg.classifier_fit), "seed": seed, "arch": arch}
+        path = Path(eval_cfg.cache_dir) / f"{data_cfg.name}_classifier{suffix}-{key['train_and_test_sha256'][:16]}"
+    fit = dict(eval_cfg.classifier_fit) | {"arch": arch}
+    model, acc = load_or_train_classifier(path, lambda part: load_images(data_cfg, part), fit, seed, key)
     digest = sha256_of(path / "diffusion_pytorch_model.safetensors")[:12]
     return Extractor(model, f"domain_classifier:{path.name}", f"domain-{digest}"), acc
+
+
+def second_extractor(data_cfg, eval_cfg) -> tuple[Extractor, float] | None:
+    """eval.second_classifier: a domain classifier of another architecture (eval.second_classifier_arch) for a second
+    feature space; `auto` = the shipped one for the data set, else one trained into eval.cache_dir; null = none."""
+    setting = eval_cfg.get("second_classifier")
+    if not setting:
+        return None
+    path = None if setting == "auto" else setting
+    return domain_extractor(data_cfg, eval_cfg, eval_cfg.seed, path=path, arch=eval_cfg.second_classifier_arch)
 
 
 def inception_extractor(eval_cfg) -> Extractor:
@@ -132,22 +146,31 @@ def evaluate_images(
         reference = reference_stats(extractor, ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
     noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
-    samples, stats, seconds = {}, {}, {}
+    samples, seconds = {}, {}
     for label, sample_fn in sample_fns.items():
         x, seconds[label] = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
         samples[label] = x.float().clamp(-1, 1)  # the images as saved: FID sees valid pixels, as in every FID protocol
-        stats[label] = stats_of(extract(extractor.net, samples[label]))
         save_pngs(samples[label].cpu(), run_dir / "samples" / label)
+    # Reference images give KID, precision/recall and the interval; published statistics give FID only.
+    with_quality = eval_cfg.get("quality_figures", False) and not eval_cfg.get("reference_stats")
+    spaces = feature_space_figures(extractor, reference, ref_images, samples, full_sampler, eval_cfg, with_quality)
+    second = second_extractor(data_cfg, eval_cfg)
+    if second is not None:
+        second[0].net.to(device)
+        acc = second[1]
+        second_ref = reference_stats(second[0], ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
+        second_figures = feature_space_figures(second[0], second_ref, ref_images, samples, full_sampler, eval_cfg, True)
     metrics = {}
     for label, sample_fn in tqdm(sample_fns.items(), desc="FID", mininterval=2):
         entry = {
             "nfe": sample_fn.nfe, "num_samples": eval_cfg.num_samples, "seconds_per_sample": seconds[label],
             "feature_extractor": extractor.name, "seed": eval_cfg.seed, "reference": eval_cfg.get("reference_stats") or f"{data_cfg.name}/{eval_cfg.reference_split}",
-            "reference_num": reference.num, "fid": fid(stats[label], reference),
-            "fid_vs_teacher": fid(stats[label], stats[full_sampler]), **extra,
+            "reference_num": reference.num, **spaces[label], **extra,
         }
         if eval_cfg.cross_check:
             entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images, samples[label])
+        if second is not None:
+            entry["second_extractor"] = {"feature_extractor": second[0].name, "classifier_test_accuracy": acc, **second_figures[label]}
         metrics[label] = entry
     if isinstance(extractor.net, DomainClassifier):
         add_class_spread(metrics, extractor.net, ref_images, samples, full_sampler)
@@ -155,6 +178,21 @@ def evaluate_images(
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def feature_space_figures(extractor: Extractor, reference: Stats, ref_images: torch.Tensor, samples: dict[str, torch.Tensor],
+                          full_sampler: str, eval_cfg, with_quality: bool) -> dict[str, dict]:
+    """Per sampler in one feature space: fid (vs the reference), fid_vs_teacher (vs the full sampler), and with_quality
+    the figures of eval.quality (fid_ci95, kid, kid_std, precision, recall, density, coverage)."""
+    features = {label: extract(extractor.net, x) for label, x in samples.items()}
+    stats = {label: stats_of(f) for label, f in features.items()}
+    ref_features = extract(extractor.net, ref_images) if with_quality else None
+    out = {}
+    for label in samples:
+        out[label] = {"fid": fid(stats[label], reference), "fid_vs_teacher": fid(stats[label], stats[full_sampler])}
+        if with_quality:
+            out[label] |= quality_figures(extractor.net, reference, ref_images, ref_features, samples[label], features[label], eval_cfg)
+    return out
 
 
 def add_class_spread(metrics: dict[str, dict], classifier: DomainClassifier, ref_images: torch.Tensor,

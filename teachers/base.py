@@ -49,6 +49,24 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+LOSS_WEIGHTINGS = ("edm", "epsilon", "v_prediction", "sample")
+
+
+def denoising_loss_weight(sigma: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:
+    """The weight on ||x0_pred - x0||^2 that makes the loss the MSE of what a network predicts: EDM's lambda(sigma)
+    for EDM-preconditioned nets; 1/sigma^2 for eps (x0 error = sigma * eps error; EDM Table 1's VP lambda, DMD2's
+    eps-MSE); (1 + sigma^2)/sigma^2 for VP v-prediction (x0 error = sigma/sqrt(1+sigma^2) * v error); 1 for x0."""
+    if weighting == "edm":
+        return edm_loss_weight(sigma, sigma_data)
+    if weighting == "epsilon":
+        return 1 / sigma**2
+    if weighting == "v_prediction":
+        return (1 + sigma**2) / sigma**2
+    if weighting == "sample":
+        return torch.ones_like(sigma)
+    raise ValueError(f"unknown loss weighting '{weighting}'; allowed: {', '.join(LOSS_WEIGHTINGS)}")
+
+
 def sample_log_normal_sigma(n: int, p_mean: float, p_std: float, generator=None, device=None) -> torch.Tensor:
     """ln(sigma) ~ N(P_mean, P_std^2), EDM's training noise distribution (Table 1)."""
     return (torch.randn(n, generator=generator, device=device) * p_std + p_mean).exp()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from teachers.base import edm_loss_weight, expand_sigma
+from teachers.base import denoising_loss_weight, expand_sigma
 
 
 def edm_denoising_loss(
@@ -18,4 +18,9 @@ def edm_denoising_loss(
 
 def edm_weighted_error(x0_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """Per-sample lambda(sigma) * mean ||x0_pred - x0||^2 (EDM eq. 8 weighting); shape (B,)."""
-    return edm_loss_weight(sigma, sigma_data) * ((x0_pred - x0) ** 2).flatten(1).mean(1)
+    return weighted_denoising_error(x0_pred, x0, sigma, sigma_data, "edm")
+
+
+def weighted_denoising_error(x0_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:
+    """Per-sample w(sigma) * mean ||x0_pred - x0||^2 with the weighting of denoising_loss_weight; shape (B,)."""
+    return denoising_loss_weight(sigma, sigma_data, weighting) * ((x0_pred - x0) ** 2).flatten(1).mean(1)

@@ -56,6 +56,11 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
         return (self.config.dim,)
 
     @property
+    def loss_weighting(self) -> str:
+        """EDM-preconditioned: EDM's lambda(sigma) is its own MSE (teachers.base.denoising_loss_weight)."""
+        return "edm"
+
+    @property
     def bottleneck(self) -> nn.Module:
         """The module whose output is the last hidden features (B, hidden_dim): where a GAN head reads."""
         return self.out[0]

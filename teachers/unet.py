@@ -15,6 +15,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from teachers.base import expand_sigma
+from teachers.errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 EXTRA_FILE = "distill.json"  # sigma_data, sigma_max, null_class: what a scheduler config does not say
@@ -72,10 +73,20 @@ class UNetDenoiser(nn.Module):
         self.unet, self.scheduler = unet, scheduler
         self.prediction_type = prediction_type
         table = sigmas_from_alphas_cumprod(scheduler.alphas_cumprod.double()).float()
+        if not torch.isfinite(table).all():
+            raise ConfigError(
+                "the scheduler's last alpha_bar is 0 (a zero-terminal-SNR schedule, e.g. rescale_betas_zero_snr), so its "
+                "sigma_max is infinite: an EDM denoiser cannot take pure noise at sigma = inf; use a schedule with "
+                "alpha_bar > 0 at the last timestep"
+            )
         self.register_buffer("sigmas", table, persistent=False)
         self.sigma_min = float(table[0])
         self.sigma_max = float(sigma_max if sigma_max is not None else table[-1])
         self.sigma_data = float(sigma_data)
+        n = unet.config.num_class_embeds
+        if null_class is not None and null_class != (n or 0) - 1:
+            raise ConfigError(f"null_class={null_class}, but the UNet's null class must be its last class embedding, "
+                              f"{(n or 0) - 1} (num_class_embeds={n})")
         self.null_class = null_class
 
     @property
@@ -102,11 +113,18 @@ class UNetDenoiser(nn.Module):
         return self.unet.time_embedding
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        sigma = expand_sigma(sigma, x)
+        # Outside the table, the network runs at its nearest end, and so do the input scaling and the x0 conversion:
+        # a sigma below the first entry is treated as that entry (a timestep clamped alone would mismatch the scaling).
+        sigma = expand_sigma(sigma, x).clamp(self.sigmas[0], self.sigmas[-1])
         x_vp = x * (1 + sigma**2).rsqrt()  # VP models see x / sqrt(1 + sigma^2)
         t = sigma_to_t(sigma.reshape(-1).float(), self.sigmas)
         output = self.unet(x_vp.to(self.unet.dtype), t, class_labels=cond).sample.to(x.dtype)
         return x0_from_output(output, x, sigma, self.prediction_type)
+
+    @property
+    def loss_weighting(self) -> str:
+        """The denoising loss weighting that is this UNet's own MSE (teachers.base.denoising_loss_weight)."""
+        return self.prediction_type
 
     def extra_config(self) -> dict:
         return {"sigma_data": self.sigma_data, "sigma_max": self.sigma_max, "null_class": self.null_class}

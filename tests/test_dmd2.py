@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import compose_config, tiny_unet_denoiser
 from diffusers import DDPMScheduler, UNet2DModel
 
@@ -122,7 +123,7 @@ def test_dmd_sigma_up_to_each_samples_student_step(up_to_step):
     from distill.loop import StepContext
 
     sigma = {"min": 0.1, "max": 80.0, "rho": 7.0, "t_min": 0.0, "t_max": 1.0}
-    ctx = SimpleNamespace(loss=SimpleNamespace(sigma=sigma, sigma_up_to_student_step=up_to_step),
+    ctx = SimpleNamespace(loss=OmegaConf.create({"sigma": sigma, "sigma_up_to_student_step": up_to_step}),
                           student=StudentGenerator(MLPDenoiser(dim=2), [157.4, 17.25, 3.424, 0.9529]),
                           accelerator=SimpleNamespace(device=torch.device("cpu")))
     step = torch.arange(4).repeat_interleave(2000)
@@ -274,7 +275,7 @@ def record_dmd_sigmas(monkeypatch) -> list:
     from distill import loop
 
     seen, sample = [], loop.StepContext.sample_sigma
-    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None: seen.append((step, s := sample(self, n, step))) or s)
+    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None, key="sigma": seen.append((step, s := sample(self, n, step, key))) or s)
     return seen
 
 

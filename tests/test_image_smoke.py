@@ -13,7 +13,8 @@ from teachers.errors import ConfigError
 from teachers.io import save_pretrained_atomic
 
 IMAGE_KEYS = {"nfe", "num_samples", "seconds_per_sample", "fid", "fid_vs_teacher", "fid_torchmetrics", "feature_extractor", "seed",
-              "class_counts", "mean_top_class_probability", "class_tv", "class_tv_vs_teacher"}
+              "class_counts", "mean_top_class_probability", "class_tv", "class_tv_vs_teacher",
+              "fid_ci95", "kid", "kid_std", "precision", "recall", "density", "coverage", "second_extractor"}
 
 
 def tiny_overrides(run_dir, cache_dir, *extra):
@@ -38,6 +39,13 @@ def test_tiny_unet_run_writes_every_output(image_run):
     assert on_disk["teacher_heun_nfe3"]["fid_vs_teacher"] == 0.0 < on_disk["student_nfe1"]["fid_vs_teacher"]
     assert on_disk["teacher_heun_nfe3"]["class_tv_vs_teacher"] == 0 and sum(on_disk["student_nfe1"]["class_counts"]) == 64
     assert 0 <= on_disk["student_nfe1"]["class_tv"] <= 1
+    for entry in on_disk.values():  # the figures beside FID, and a second feature space (experiment=mnist: auto)
+        lo, hi = entry["fid_ci95"]
+        assert lo < hi and np.isfinite(entry["kid"]) and entry["kid_std"] >= 0 and 0 <= entry["precision"] <= 1
+        second = entry["second_extractor"]
+        assert second["feature_extractor"].startswith("domain_classifier:digits_classifier_mlp-") and second["fid"] >= 0
+        assert {"fid_vs_teacher", "fid_ci95", "kid", "recall", "classifier_test_accuracy"} <= second.keys()
+    assert on_disk["teacher_heun_nfe3"]["second_extractor"]["fid_vs_teacher"] == 0.0
     assert (run_dir / "grids" / "teacher_student.png").is_file() and (run_dir / "grids" / "step-000002.png").is_file()
     assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
     assert len(list((run_dir / "pairs").glob("shard-*"))) == 2

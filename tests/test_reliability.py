@@ -40,7 +40,7 @@ def _log(run_dir):
 
 def test_injected_nans_are_skipped_counted_and_survived(tmp_path, monkeypatch):
     _nan_on_calls(monkeypatch, "dmd_loss", {2, 5, 6})
-    _nan_on_calls(monkeypatch, "edm_weighted_error", {3, 11})
+    _nan_on_calls(monkeypatch, "weighted_denoising_error", {3, 11})
     metrics = run(compose_config("train", [*TINY, "train.max_steps=8", f"run_dir={tmp_path}"]))
     last = _log(tmp_path)[-1]
     assert last["skipped_total/student"] == 3 and last["skipped_total/fake_score"] == 2

@@ -73,3 +73,50 @@ def test_saved_teacher_is_a_diffusers_pipeline_and_loads_back(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, sigma), teacher(x, sigma))
     assert isinstance(DDPMPipeline.from_pretrained(path), DDPMPipeline)
+
+
+def test_a_zero_terminal_snr_schedule_is_refused_with_a_message():
+    from diffusers import DDPMScheduler
+
+    from teachers.errors import ConfigError
+    from teachers.unet import UNetDenoiser
+
+    with pytest.raises(ConfigError, match="zero-terminal-SNR.*sigma_max is infinite"):
+        UNetDenoiser(tiny_unet_denoiser().unet, DDPMScheduler(rescale_betas_zero_snr=True))
+
+
+def test_a_null_class_that_is_not_the_last_embedding_is_refused():
+    from teachers.errors import ConfigError
+    from teachers.unet import UNetDenoiser
+
+    teacher = tiny_unet_denoiser(num_classes=3)  # 4 embeddings, the null class is 3
+    with pytest.raises(ConfigError, match="null_class=1.*must be its last class embedding, 3"):
+        UNetDenoiser(teacher.unet, teacher.scheduler, null_class=1)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_below_the_tables_first_sigma_the_denoiser_is_the_one_at_that_sigma(prediction_type):
+    """The timestep, the input scaling and the x0 conversion clamp together (before, only the timestep did)."""
+    teacher = tiny_unet_denoiser(prediction_type)
+    x, first = torch.randn(2, 1, 8, 8), float(teacher.sigmas[0])
+    torch.testing.assert_close(teacher(x, first / 5), teacher(x, first))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_auto_fake_score_weighting_is_the_mse_of_what_the_network_predicts(prediction_type):
+    """w(sigma) ||x0_pred - x0||^2 with the adapter's own weighting equals the MSE of its eps, v or x0 output (DMD2's
+    fake score: eps-MSE for an eps teacher)."""
+    from teachers.loss import weighted_denoising_error
+
+    teacher = tiny_unet_denoiser(prediction_type)
+    x0, noise, sigma = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0.05, 0.7, 6.0, 60.0])
+    s = sigma.reshape(-1, 1, 1, 1)
+    x = x0 + s * noise
+    with torch.no_grad():
+        x0_pred = teacher(x, sigma)
+        output = teacher.unet(x / (1 + s**2).sqrt(), sigma_to_t(sigma, teacher.sigmas)).sample  # the raw eps, v or x0
+    a, b = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()  # VP: x_vp = a x0 + b eps
+    target = {"epsilon": noise, "v_prediction": a * noise - b * x0, "sample": x0}[prediction_type]
+    expected = ((output - target) ** 2).flatten(1).mean(1)
+    got = weighted_denoising_error(x0_pred, x0, sigma, teacher.sigma_data, teacher.loss_weighting)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-6)

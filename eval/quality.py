@@ -1,0 +1,61 @@
+"""Figures beside FID that say how far to trust it: FID's bootstrap interval, KID, precision / recall /
+density / coverage. A student "beats its teacher" only where these agree beyond their error bars."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+import torch
+
+from eval.fid import Stats, fid, stats_of
+
+
+def fid_bootstrap_interval(features: np.ndarray, reference: Stats, num_resamples: int, seed: int, level: float = 0.95) -> list[float]:
+    """Percentile interval of FID over resamples of the samples' features (with replacement), reference fixed."""
+    rng, n = np.random.default_rng(seed), len(features)
+    values = [fid(stats_of(features[rng.integers(n, size=n)]), reference) for _ in range(num_resamples)]
+    tail = 50 * (1 - level)
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+
+def kid_torchmetrics(extractor: torch.nn.Module, images_real: torch.Tensor, images_fake: torch.Tensor, *, subsets: int,
+                     subset_size: int, seed: int, batch_size: int = 500) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018) through torchmetrics on the extractor's features: mean and std over `subsets`
+    random subsets of `subset_size` (at most the smaller set), seeded."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(images_real), len(images_fake))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
+        metric = KernelInceptionDistance(feature=copy.deepcopy(extractor).cpu(), subsets=subsets, subset_size=size,
+                                         normalize=True, sync_on_compute=False).to(images_real.device)
+        for images, real in ((images_real, True), (images_fake, False)):
+            for x in images.split(batch_size):
+                metric.update(x, real=real)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def prdc_figures(real_features: np.ndarray, fake_features: np.ndarray, *, k: int, max_samples: int, seed: int) -> dict[str, float]:
+    """Precision and recall (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020) through `prdc`,
+    on at most max_samples of each set (a seeded subset: the pairwise distances are N x M)."""
+    from prdc import compute_prdc
+
+    rng = np.random.default_rng(seed)
+    real, fake = (f[rng.permutation(len(f))[:max_samples]].astype(np.float32) for f in (real_features, fake_features))
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        figures = compute_prdc(real, fake, nearest_k=k)
+    return {name: float(value) for name, value in figures.items()}
+
+
+def quality_figures(extractor, reference: Stats, ref_images: torch.Tensor, ref_features: np.ndarray, images: torch.Tensor,
+                    features: np.ndarray, eval_cfg) -> dict:
+    """fid_ci95, kid and kid_std, precision, recall, density and coverage of one sampler's images vs the reference."""
+    out = {}
+    if eval_cfg.bootstrap_resamples:
+        out["fid_ci95"] = fid_bootstrap_interval(features, reference, eval_cfg.bootstrap_resamples, eval_cfg.seed)
+    out["kid"], out["kid_std"] = kid_torchmetrics(extractor, ref_images, images, subsets=eval_cfg.kid_subsets,
+                                                  subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed)
+    return out | prdc_figures(ref_features, features, k=eval_cfg.prdc_k, max_samples=eval_cfg.prdc_max_samples, seed=eval_cfg.seed)
