@@ -2,7 +2,7 @@
 
     python -m eval.collect ROOT [--keys KEY ...] [--figures FIG ...] [--out FILE] [--plot KEY:FIG --plot-out PNG]
 
-KEY is a dotted config key (loss.guidance_scale), a command-line override of the run (experiment), or
+FIG is a metrics.json field, dotted for nested ones (second_extractor.fid). KEY is a dotted config key (loss.guidance_scale), a command-line override of the run (experiment), or
 log.<name>: the run's last train_log.jsonl record (log.step, log.time/train_minutes: where a time-capped run stopped).
 """
 from __future__ import annotations
@@ -79,6 +79,8 @@ def format_cell(value) -> str:
     """Numbers to 4 significant figures; everything else as text."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):  # an interval, e.g. fid_ci95
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
     return "" if value is None else str(value)
 
 
@@ -96,7 +98,7 @@ def sampler_rows(runs: list[dict], keys: list[str], figures: list[str], samplers
         for sampler, entry in run["metrics"].items():
             if samplers is None or sampler in samplers:
                 row = {"run": run["run"], "sampler": sampler, **{k: run_value(run, k) for k in keys}}
-                rows.append(row | {f: entry.get(f) for f in figures})
+                rows.append(row | {f: config_value(entry, f) for f in figures})  # dotted: second_extractor.fid
     return rows
 
 

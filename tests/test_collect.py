@@ -66,3 +66,13 @@ def test_collect_shows_where_a_time_capped_run_stopped(tmp_path):
     main([str(tmp_path / "sweep"), "--keys", "log.step", "log.time/train_minutes", "--figures", "fd",
           "--samplers", "student_nfe1", "--out", str(out)])
     assert out.read_text().splitlines()[2:] == ["| 0 | student_nfe1 | 41 | 0.75 | 1 |", "| 1 | student_nfe1 |  |  | 2 |"]
+
+
+def test_collect_reads_nested_figures_and_intervals(tmp_path):
+    run = tmp_path / "sweep" / "0"
+    run.mkdir(parents=True)
+    entry = {"nfe": 1, "fid": 2.0, "fid_ci95": [1.812345, 2.25], "second_extractor": {"fid": 7.654321}}
+    (run / "metrics.json").write_text(json.dumps({"student_nfe1": entry}))
+    out = tmp_path / "table.md"
+    main([str(tmp_path / "sweep"), "--figures", "fid", "fid_ci95", "second_extractor.fid", "--out", str(out)])
+    assert out.read_text().splitlines()[2] == "| 0 | student_nfe1 | 2 | [1.812, 2.25] | 7.654 |"
