@@ -22,6 +22,11 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def key_digest(key: dict) -> str:
+    """Hex sha256 of a key (JSON, sorted): a cache folder's name."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def write_key(folder: Path, key: dict) -> None:
     (Path(folder) / KEY_FILE).write_text(json.dumps(key, sort_keys=True) + "\n")
 

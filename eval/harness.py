@@ -1,6 +1,7 @@
 """Evaluate sample functions on the same seeds against the true data; write metrics.json."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -27,16 +28,31 @@ class SampleFn:
 
     nfe: int
     fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (noise, class labels or None) -> samples
+    # What makes its samples a pure function of (noise, labels): a deterministic sampler of a given network. Set, its
+    # samples may be cached (eval/images.py); None (a student, a stochastic sampler): always sampled.
+    cache_key: dict | None = None
+
+
+def denoiser_digest(denoiser: torch.nn.Module) -> str:
+    """sha256 of a denoiser's weights and buffers, its EDM constants and, for a guided one, its scale: what its
+    samples depend on besides the noise."""
+    constants = {k: getattr(denoiser, k, None) for k in ("sigma_min", "sigma_max", "sigma_data", "scale", "null_class")}
+    digest = hashlib.sha256(f"{type(denoiser).__name__}{sorted(constants.items())}".encode())
+    for name, tensor in sorted(denoiser.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
-    """The teacher's full sampler(s) on Karras sigmas, labelled teacher_<name>_nfe<N>."""
-    out = {}
+    """The teacher's full sampler(s) on Karras sigmas, labelled teacher_<name>_nfe<N>; deterministic, so cacheable."""
+    out, teacher = {}, denoiser_digest(denoiser)
     for spec in samplers:
         sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
         sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
         nfe = sampler_nfe(spec["name"], num_steps)
-        out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, c=None, s=sampler, sig=sigmas: s(denoiser, z, sig, c))
+        key = {"teacher_sha256": teacher, "sampler": spec["name"], "num_steps": num_steps}
+        out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, c=None, s=sampler, sig=sigmas: s(denoiser, z, sig, c), key)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
@@ -13,13 +14,13 @@ from eval.features import (
     INCEPTION_FILES, DomainClassifier, InceptionCleanFID, InceptionTorchmetrics, class_probabilities, class_spread,
     class_total_variation, extract, find_inception, load_or_train_classifier,
 )
-from teachers.io import sha256_of
-from eval.cache import tensor_digest
+from eval.cache import check_key, key_digest, tensor_digest, write_key
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
 from eval.quality import quality_figures
 from teachers.data import load_images
 from teachers.errors import ConfigError
+from teachers.io import sha256_of, write_folder_atomic
 from teachers.zoo import resolve_model_path, zoo_path
 
 EXTRACTORS = ("domain", "inception")
@@ -147,8 +148,9 @@ def evaluate_images(
     noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     samples, seconds = {}, {}
+    inputs_key = {"num_samples": eval_cfg.num_samples, "seed": eval_cfg.seed, "shape": list(shape), "num_classes": num_classes}
     for label, sample_fn in sample_fns.items():
-        x, seconds[label] = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
+        x, seconds[label] = cached_sampling(sample_fn, noise, cond, eval_cfg, inputs_key, label)
         samples[label] = x.float().clamp(-1, 1)  # the images as saved: FID sees valid pixels, as in every FID protocol
         save_pngs(samples[label].cpu(), run_dir / "samples" / label)
     # Reference images give KID, precision/recall and the interval; published statistics give FID only.
@@ -178,6 +180,28 @@ def evaluate_images(
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def cached_sampling(sample_fn: SampleFn, noise: torch.Tensor, cond, eval_cfg, inputs_key: dict, label: str) -> tuple[torch.Tensor, float]:
+    """A deterministic sampler's samples (the teacher's full sampler) from eval.cache_dir/teacher_samples, keyed by the
+    network's weights, the sampler, and the seed, count, shape and classes that fix the noise and labels; sampled (and
+    stored, atomically) on a miss, with the seconds per sample measured then. Others are always sampled."""
+    if sample_fn.cache_key is None or not eval_cfg.get("cache_teacher_samples", True):
+        return timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
+    key = sample_fn.cache_key | inputs_key
+    path = Path(eval_cfg.cache_dir) / "teacher_samples" / f"{label}-{key_digest(key)[:16]}"
+    if not (path / "samples.npz").is_file():
+        x, seconds = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            np.savez(tmp / "samples.npz", samples=x.float().cpu().numpy(), seconds_per_sample=seconds)
+            write_key(tmp, key)
+
+        write_folder_atomic(path, write, keep_existing=True)
+    check_key(path, key)
+    with np.load(path / "samples.npz") as data:
+        return torch.from_numpy(data["samples"]).to(noise.device), float(data["seconds_per_sample"])
 
 
 def feature_space_figures(extractor: Extractor, reference: Stats, ref_images: torch.Tensor, samples: dict[str, torch.Tensor],

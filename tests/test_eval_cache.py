@@ -48,3 +48,41 @@ def test_an_entry_made_for_another_key_is_refused(tmp_path):
     write_key(tmp_path / "ref", {"images_sha256": "bbb", "split": "train"})  # as if another data set had written it
     with pytest.raises(ConfigError, match="made for images_sha256='bbb', not 'aaa'"):
         cached_stats(tmp_path / "ref", lambda: stats, {"images_sha256": "aaa", "split": "train"})
+
+
+def test_teacher_samples_are_cached_by_weights_sampler_and_inputs(tmp_path):
+    """A hit returns the stored samples without sampling; any change of weights, sampler or inputs misses; a student
+    (no cache key) is always sampled; a folder left half-written (a temporary one) is never read."""
+    import torch
+    from conftest import tiny_unet_denoiser
+
+    from eval.harness import SampleFn, teacher_sample_fns
+    from eval.images import cached_sampling
+
+    calls = []
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "batch_size": 4})
+    inputs = {"num_samples": 4, "seed": 1, "shape": [1, 8, 8], "num_classes": None}
+    noise = torch.randn(4, 1, 8, 8)
+
+    def counted(fns):
+        (label, fn), = fns.items()
+        return label, SampleFn(fn.nfe, lambda z, c=None: calls.append(1) or fn.fn(z, c), fn.cache_key)
+
+    def sampled(fn, label, inputs):
+        """Whether cached_sampling called the sampler (a warm-up batch and the batches, on a miss)."""
+        before = len(calls)
+        cached_sampling(fn, noise, None, cfg, inputs, label)
+        return len(calls) > before
+
+    teacher = tiny_unet_denoiser()
+    label, fn = counted(teacher_sample_fns(teacher, [{"name": "heun", "num_steps": 2}]))
+    (tmp_path / "teacher_samples" / f"{label}-x.tmp-1").mkdir(parents=True)  # a writer that died
+    assert sampled(fn, label, inputs) and not sampled(fn, label, inputs)
+    first, _ = cached_sampling(fn, noise, None, cfg, inputs, label)
+    torch.testing.assert_close(first, fn.fn(noise))  # cached == recomputed
+    assert sampled(fn, label, inputs | {"seed": 2}) and sampled(fn, label, inputs | {"num_samples": 5})
+    label2, fn2 = counted(teacher_sample_fns(tiny_unet_denoiser(), [{"name": "heun", "num_steps": 2}]))  # other weights
+    label3, fn3 = counted(teacher_sample_fns(teacher, [{"name": "heun", "num_steps": 3}]))
+    assert sampled(fn2, label2, inputs) and sampled(fn3, label3, inputs)
+    student = SampleFn(1, lambda z, c=None: calls.append(1) or z)
+    assert sampled(student, "student_nfe1", inputs) and sampled(student, "student_nfe1", inputs)
