@@ -1,5 +1,6 @@
 """Figures beside FID: each against a known answer on features we control."""
 import numpy as np
+import pytest
 import torch
 
 from eval.features import DomainClassifier
@@ -13,8 +14,8 @@ def test_bootstrap_interval_brackets_the_fid_and_narrows_with_more_samples():
     few, many = rng.normal(0.3, 1, size=(200, 4)), rng.normal(0.3, 1, size=(4000, 4))
     lo_few, hi_few = fid_bootstrap_interval(few, reference, 200, seed=1)
     lo, hi = fid_bootstrap_interval(many, reference, 200, seed=1)
-    assert lo < fid(stats_of(many), reference) < hi and lo < 4 * 0.3**2 < hi  # the true FID is 4 x 0.09
-    assert hi - lo < hi_few - lo_few
+    assert (lo + hi) / 2 == pytest.approx(fid(stats_of(many), reference)) and lo < 4 * 0.3**2 < hi  # the true FID: 4 x 0.09
+    assert 0 < hi - lo < hi_few - lo_few
 
 
 def test_precision_recall_density_coverage_known_answers():

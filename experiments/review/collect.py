@@ -1,4 +1,4 @@
-"""Write the tables of experiments/review/README.md from the runs of run.sh:
+"""Write the tables of experiments/review/README.md from the runs of experiments/review/run.sh:
 `python experiments/review/collect.py ROOT OUT.md [KEY ...]` (KEY: config keys that tell the runs apart).
 
 One row per run: its student beside its teacher's full sampler in each feature space, FID with its 95% bootstrap
@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from eval.collect import format_cell, full_teacher, load_runs, markdown_table, run_value
+from omegaconf import OmegaConf
+
+from eval.collect import format_cell, full_teacher, last_log_record, load_runs, markdown_table, read_overrides, run_value
 
 
 def verdict(student: dict, teacher: dict) -> str:
@@ -32,9 +34,20 @@ def space_cells(prefix: str, student: dict, teacher: dict) -> dict:
     }
 
 
+def distill_run(run: dict) -> dict:
+    """A standalone evaluation (python -m eval student_path=RUN/student) speaks for its distillation run: that run's
+    config and last log record; a distillation run speaks for itself."""
+    student_path = run["config"].get("student_path")
+    if not student_path:
+        return run
+    source = Path(student_path).parent
+    return {**run, "config": OmegaConf.to_container(OmegaConf.load(source / "config.yaml")), "overrides": read_overrides(source),
+            "last_log": last_log_record(source)}
+
+
 def rows(root: Path, keys: list[str]) -> list[dict]:
     out = []
-    for run in load_runs(root):
+    for run in map(distill_run, load_runs(root)):
         metrics = run["metrics"]
         student = next(v for k, v in metrics.items() if k.startswith("student"))
         teacher = metrics[full_teacher(metrics)]
