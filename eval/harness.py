@@ -46,12 +46,12 @@ def denoiser_digest(denoiser: torch.nn.Module) -> str:
 
 def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
     """The teacher's full sampler(s) on Karras sigmas, labelled teacher_<name>_nfe<N>; deterministic, so cacheable."""
-    out, teacher = {}, denoiser_digest(denoiser)
+    out, teacher = {}, denoiser_digest(denoiser) if isinstance(denoiser, torch.nn.Module) else None  # the exact mixture: not cached
     for spec in samplers:
         sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
         sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
         nfe = sampler_nfe(spec["name"], num_steps)
-        key = {"teacher_sha256": teacher, "sampler": spec["name"], "num_steps": num_steps}
+        key = None if teacher is None else {"teacher_sha256": teacher, "sampler": spec["name"], "num_steps": num_steps}
         out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, c=None, s=sampler, sig=sigmas: s(denoiser, z, sig, c), key)
     return out
 

@@ -52,13 +52,15 @@ eps() {  # a tiny eps-predicting UNet on sklearn digits, then DMD (no GAN) at tw
     distill "$name" eps experiment=mnist_ttur_fast data=digits teacher.path="$OUT/eps_teacher/teacher" train.max_steps=1000 \
       train.max_minutes=null train.checkpoint_every=1000 eval.num_samples=1000 seed=0 loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98 "$@"
     wait
+    OMP_NUM_THREADS=1 $PY -m eval experiment=mnist_ttur_fast data=digits teacher.path="$OUT/eps_teacher/teacher" eval.num_samples=1000 \
+      student_path="$OUT/eps/$name/student" hydra.run.dir="$OUT/eps_eval/$name" > "$OUT/eps_eval_$name.log" 2>&1
   done
 }
 
 tables() {
   $PY experiments/review/collect.py "$OUT/mnist_eval" experiments/review/mnist_deviations.md \
     loss.fake_score_weighting loss.fake_sigma.t_min loss.gan_sigma.t_min train.grad_clip
-  $PY experiments/review/collect.py "$OUT/eps" experiments/review/eps_unet.md loss.fake_score_weighting student.sigmas
+  $PY experiments/review/collect.py "$OUT/eps_eval" experiments/review/eps_unet.md loss.fake_score_weighting student.sigmas
 }
 
 for part in "${@:-mnist eps tables}"; do for p in $part; do "$p"; done; done
