@@ -1,6 +1,9 @@
 """Shared fixtures: small analytic mixtures and hydra composition of the real configs."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -41,3 +44,12 @@ def tiny_unet_denoiser(prediction_type: str = "v_prediction", num_classes: int |
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type)
     return UNetDenoiser(unet, scheduler, null_class=num_classes).eval().requires_grad_(False)
+
+
+def load_script(relative_path: str):
+    """A script of the repository (experiments/...) imported as a module, so tests call its functions."""
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

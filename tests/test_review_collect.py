@@ -1,16 +1,10 @@
 """experiments/review/collect.py: the verdict per feature space comes from the intervals, never from FID alone."""
-import importlib.util
+import functools
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "review" / "collect.py"
+from conftest import load_script as load
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("review_collect", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load_script = functools.partial(load, "experiments/review/collect.py")
 
 
 def entry(fid, lo, hi, second=None):

@@ -1,20 +1,12 @@
 """experiments/gpu/sample_stats.py: the class spread, ink and class-mix split of FID of a student's samples, one row per student."""
-import importlib.util
-from pathlib import Path
+import functools
 
 import pytest
 
 from teachers.io import save_pretrained_atomic
-from conftest import tiny_unet_denoiser
+from conftest import load_script as load, tiny_unet_denoiser
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "sample_stats.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("sample_stats", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load_script = functools.partial(load, "experiments/gpu/sample_stats.py")
 
 
 def test_one_row_per_student_with_every_sample_counted_once(tmp_path):
