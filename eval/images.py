@@ -76,7 +76,7 @@ def build_extractor(data_cfg, eval_cfg, seed: int) -> tuple[Extractor, dict]:
         raise ConfigError(f"eval.feature_extractor={eval_cfg.feature_extractor}; allowed for images: {', '.join(EXTRACTORS)}")
     if eval_cfg.feature_extractor == "inception":
         return inception_extractor(eval_cfg), {}
-    extractor, acc = domain_extractor(data_cfg, eval_cfg, seed)
+    extractor, acc = domain_extractor(data_cfg, eval_cfg, seed, path=eval_cfg.classifier_path)
     return extractor, {"classifier_test_accuracy": acc}
 
 

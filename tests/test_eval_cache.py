@@ -86,3 +86,15 @@ def test_teacher_samples_are_cached_by_weights_sampler_and_inputs(tmp_path):
     assert sampled(fn2, label2, inputs) and sampled(fn3, label3, inputs)
     student = SampleFn(1, lambda z, c=None: calls.append(1) or z)
     assert sampled(student, "student_nfe1", inputs) and sampled(student, "student_nfe1", inputs)
+
+
+def test_a_given_classifier_path_is_the_one_used(tmp_path):
+    """eval.classifier_path names the domain classifier (trained into that folder when it has none), not the cache's."""
+    from eval.images import build_extractor
+
+    data = image_folder(tmp_path / "one", 1)
+    cfg = eval_cfg(tmp_path / "cache")
+    cfg.classifier_path, cfg.feature_extractor = str(tmp_path / "mine"), "domain"
+    extractor, extra = build_extractor(data, cfg, seed=0)
+    assert extractor.name == "domain_classifier:mine" and (tmp_path / "mine" / "accuracy.json").is_file()
+    assert not (tmp_path / "cache").exists() and 0 <= extra["classifier_test_accuracy"] <= 1
