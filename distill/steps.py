@@ -77,7 +77,8 @@ def fake_step(
     gan_mask: torch.Tensor | None = None,
     weighting: str = "edm",
 ) -> dict[str, torch.Tensor | float]:
-    """Train D_fake (a Critic) to denoise student samples, with the denoising loss `weighting` (loss.fake_score_weighting) (of the same class labels, when conditional): x when given (the last
+    """Train D_fake (a Critic) to denoise student samples (of the same class labels, when conditional), weighted by
+    `weighting` (loss.fake_score_weighting, resolved): x when given (the last
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
     (a k-step student's at `step`, per sample).
 

@@ -1,6 +1,7 @@
 """Evaluate sample functions on the same seeds against the true data; write metrics.json."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,9 +29,9 @@ class SampleFn:
 
     nfe: int
     fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (noise, class labels or None) -> samples
-    # What makes its samples a pure function of (noise, labels): a deterministic sampler of a given network. Set, its
-    # samples may be cached (eval/images.py); None (a student, a stochastic sampler): always sampled.
-    cache_key: dict | None = None
+    # () -> what makes its samples a pure function of (noise, labels): a deterministic sampler of a given network,
+    # called only when a cache is consulted (eval/images.py; it hashes the weights); None (a student): always sampled.
+    cache_key: Callable[[], dict] | None = None
 
 
 def denoiser_digest(denoiser: torch.nn.Module) -> str:
@@ -46,12 +47,14 @@ def denoiser_digest(denoiser: torch.nn.Module) -> str:
 
 def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
     """The teacher's full sampler(s) on Karras sigmas, labelled teacher_<name>_nfe<N>; deterministic, so cacheable."""
-    out, teacher = {}, denoiser_digest(denoiser) if isinstance(denoiser, torch.nn.Module) else None  # the exact mixture: not cached
+    out, digest = {}, functools.cache(lambda: denoiser_digest(denoiser))  # hashed once, and only if a cache asks
     for spec in samplers:
         sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
         sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
         nfe = sampler_nfe(spec["name"], num_steps)
-        key = None if teacher is None else {"teacher_sha256": teacher, "sampler": spec["name"], "num_steps": num_steps}
+        key = None
+        if isinstance(denoiser, torch.nn.Module):  # the exact mixture (toy data) is not cached
+            key = lambda name=spec["name"], n=num_steps: {"teacher_sha256": digest(), "sampler": name, "num_steps": n}  # noqa: E731
         out[f"teacher_{spec['name']}_nfe{nfe}"] = SampleFn(nfe, lambda z, c=None, s=sampler, sig=sigmas: s(denoiser, z, sig, c), key)
     return out
 

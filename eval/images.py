@@ -158,10 +158,10 @@ def evaluate_images(
     spaces = feature_space_figures(extractor, reference, ref_images, samples, full_sampler, eval_cfg, with_quality)
     second = second_extractor(data_cfg, eval_cfg)
     if second is not None:
-        second[0].net.to(device)
-        acc = second[1]
-        second_ref = reference_stats(second[0], ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
-        second_figures = feature_space_figures(second[0], second_ref, ref_images, samples, full_sampler, eval_cfg, True)
+        second_net, second_acc = second
+        second_net.net.to(device)
+        second_ref = reference_stats(second_net, ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
+        second_figures = feature_space_figures(second_net, second_ref, ref_images, samples, full_sampler, eval_cfg, True)
     metrics = {}
     for label, sample_fn in tqdm(sample_fns.items(), desc="FID", mininterval=2):
         entry = {
@@ -172,7 +172,7 @@ def evaluate_images(
         if eval_cfg.cross_check:
             entry["fid_torchmetrics"] = fid_torchmetrics(extractor.net, ref_images, samples[label])
         if second is not None:
-            entry["second_extractor"] = {"feature_extractor": second[0].name, "classifier_test_accuracy": acc, **second_figures[label]}
+            entry["second_extractor"] = {"feature_extractor": second_net.name, "classifier_test_accuracy": second_acc, **second_figures[label]}
         metrics[label] = entry
     if isinstance(extractor.net, DomainClassifier):
         add_class_spread(metrics, extractor.net, ref_images, samples, full_sampler)
@@ -188,7 +188,7 @@ def cached_sampling(sample_fn: SampleFn, noise: torch.Tensor, cond, eval_cfg, in
     stored, atomically) on a miss, with the seconds per sample measured then. Others are always sampled."""
     if sample_fn.cache_key is None or not eval_cfg.get("cache_teacher_samples", True):
         return timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
-    key = sample_fn.cache_key | inputs_key
+    key = sample_fn.cache_key() | inputs_key
     path = Path(eval_cfg.cache_dir) / "teacher_samples" / f"{label}-{key_digest(key)[:16]}"
     if not (path / "samples.npz").is_file():
         x, seconds = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
