@@ -91,21 +91,24 @@ def one_step(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> 
     return denoiser(noise * sigmas[0], sigmas[0].expand(noise.shape[0]), cond)
 
 
-def student_inputs(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None):
+def student_inputs(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None, noise_like=None):
     """The input of each step of a k-step student, lazily: s_0 z, then x0 = D(x, s_j) re-noised to s_{j+1}
-    (DMD2 sec. 4.5). Consumers stop early; each later input costs one network evaluation."""
+    (DMD2 sec. 4.5). Consumers stop early; each later input costs one network evaluation. The fresh noise comes from
+    `generator`, or from noise_like(x0) when given (the preview server draws it per image, from each image's seed)."""
     x = noise * sigmas[0]
     yield x
     for j in range(1, len(sigmas)):
         x0 = denoiser(x, sigmas[j - 1].expand(noise.shape[0]), cond)
-        x = x0 + sigmas[j] * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        fresh = noise_like(x0) if noise_like is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x = x0 + sigmas[j] * fresh
         yield x
 
 
-def multistep_student(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
+def multistep_student(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None, noise_like=None) -> torch.Tensor:
     """A k-step student on its fixed sigma list: every step's input, then D at the last. NFE = k.
 
-    sigmas: (k,) decreasing, sigmas[0] the noise level of the input; fresh noise comes from `generator`."""
-    for x in student_inputs(denoiser, noise, sigmas, cond, generator):
+    sigmas: (k,) decreasing, sigmas[0] the noise level of the input; fresh noise comes from `generator` (or
+    noise_like(x0), see student_inputs)."""
+    for x in student_inputs(denoiser, noise, sigmas, cond, generator, noise_like):
         pass
     return denoiser(x, sigmas[-1].expand(noise.shape[0]), cond)
