@@ -228,18 +228,24 @@ def test_the_batcher_sends_a_full_batch_at_once_and_carries_what_does_not_fit():
     assert batches == [[2, 2], [3, 1]] and full_s < 2.5  # the full batch did not wait the 5 s
 
 
-def test_a_partial_batch_waits_at_most_max_wait_ms():
+def test_a_partial_batch_waits_at_most_max_wait_ms_and_only_for_clients_just_answered():
     async def scenario():
-        batcher = MicroBatcher(lambda jobs: [None] * len(jobs), max_batch=16, max_wait_ms=200)
+        batcher = MicroBatcher(lambda jobs: [None] * len(jobs), max_batch=16, max_wait_ms=300)
         runner = asyncio.create_task(batcher.run())
         start = time.perf_counter()
-        await batcher.submit([0], None).future
-        waited = time.perf_counter() - start
+        await batcher.submit([0], None, "a").future  # a lone client: nobody else to wait for
+        await batcher.submit([0], None, "a").future
+        lone_s = time.perf_counter() - start
+        await asyncio.gather(*[batcher.submit([i], None, c).future for i, c in enumerate("ab")])  # two clients
+        start = time.perf_counter()
+        await batcher.submit([0], None, "a").future  # a, batched: waits for b (just answered), at most max_wait_ms
+        partial_s = time.perf_counter() - start
         runner.cancel()
         batcher.close()
-        return waited
+        return lone_s, partial_s
 
-    assert 0.15 < asyncio.run(scenario()) < 2.0
+    lone_s, partial_s = asyncio.run(scenario())
+    assert lone_s < 0.25 and 0.25 < partial_s < 2.5
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -19,18 +19,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-batch", type=int, default=16, help="images in one micro-batched forward")
-    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a partial batch waits for more requests (0: it takes what queued while the last batch ran)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a partial batch waits for more requests (only for clients just answered that are missing from it)")
     parser.add_argument("--max-queue", type=int, default=Limits.max_queue, help="waiting requests before 503")
     parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per request")
     parser.add_argument("--rate-limit", type=float, default=Limits.rate_per_s, help="requests/s per connection before 429")
     parser.add_argument("--burst", type=int, default=Limits.burst)
     parser.add_argument("--reload-every", type=float, default=2.0, help="seconds between checks for a newer checkpoint (run dirs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads for the model (default: torch's own choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (compiled during warm-up)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     for name in ("port", "max_batch", "max_queue", "max_images", "burst"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)}; must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: {args.threads}; must be at least 1")
     if args.max_wait_ms < 0 or args.rate_limit <= 0 or args.reload_every <= 0:
         parser.error("--max-wait-ms must be >= 0, --rate-limit and --reload-every > 0")
     return args
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point (`distill-serve`); bad input is one `error:` line and exit 2."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from distill.serve.app import ServeSettings, create_app  # after argument errors, which need no torch model
     from distill.serve.runner import check_port_free, uvicorn_config
     from distill.serve.source import StudentSource

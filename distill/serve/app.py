@@ -33,7 +33,7 @@ class ServeSettings:
 
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 16
-    max_wait_ms: float = 0.0     # a busy worker batches what queued during its last forward; waiting only adds latency
+    max_wait_ms: float = 5.0     # only for clients just answered that are missing from the batch (batcher.py)
     device: str = "cpu"
     reload_every_s: float = 2.0   # a run directory is checked this often for a newer sealed checkpoint
     compile: bool = False         # torch.compile the student (warm-up compiles it before the first user)
@@ -81,12 +81,12 @@ class Preview:
             model.warm_up(self.settings.max_batch)
         self.model = model
 
-    def submit(self, request: GenerateRequest) -> Job:
+    def submit(self, request: GenerateRequest, client: str) -> Job:
         """Check a parsed request against the served student and queue it (RequestError 422, QueueFull)."""
         check_request(request, self.settings.limits, self.model.num_classes)
         seeds = [request.seed + i for i in range(request.num_images)]
         labels = None if request.label is None else [request.label] * request.num_images
-        return self.batcher.submit(seeds, labels)
+        return self.batcher.submit(seeds, labels, client)
 
     def allow(self, client: str) -> bool:
         """The client's token bucket (429 when empty); the table is bounded."""
@@ -155,7 +155,8 @@ def create_app(source: StudentSource, student: LoadedStudent, settings: ServeSet
             return JSONResponse(error_body(413, f"message: {declared} bytes; at most {preview.settings.limits.max_message_bytes} allowed"), 413)
         start = time.perf_counter()
         try:
-            job = preview.submit(parse_request(await request.body(), preview.settings.limits))
+            connection = f"{request.client.host}:{request.client.port}" if request.client else "-"
+            job = preview.submit(parse_request(await request.body(), preview.settings.limits), connection)
         except RequestError as err:
             return JSONResponse(error_body(err.status, str(err)), err.status)
         except QueueFull as err:
@@ -227,7 +228,7 @@ class PageConnection:
             self.post(error_body(429, "rate limit: too many requests on this connection", request_id))
             return
         try:
-            job = self.preview.submit(parse_request(text, self.preview.settings.limits))
+            job = self.preview.submit(parse_request(text, self.preview.settings.limits), f"ws-{id(self)}")
         except RequestError as err:
             self.post(error_body(err.status, str(err), request_id))
             return
