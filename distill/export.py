@@ -1,15 +1,20 @@
-"""Export the student as a diffusers model folder (config.json + safetensors)."""
+"""Export the student: a diffusers folder whose scheduler is set for the student's own step(s), with student.json, a
+model card, a sample grid beside the teacher and the training config. `python -m distill.export RUN_OR_CHECKPOINT`
+re-exports any sealed checkpoint."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 
-from distill.checkpoint import COMPLETE_MARKER, load_checkpoint
+from distill.card import CARD_FILE, CONFIG_FILE, GRID_FILE, model_card, read_metrics, sample_grid, student_scheduler, teacher_license
+from distill.checkpoint import COMPLETE_MARKER, CorruptCheckpoint, STEP_DIR, latest_loadable, load_checkpoint
 from distill.tasks import teacher_path
 from eval.harness import STUDENT_FILE
 from teachers.errors import ConfigError
@@ -30,16 +35,74 @@ def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: st
     return {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher}
 
 
-def export_student(student, ema: EMAModel | None, path: Path, record: dict) -> Path:
-    """The student's (EMA) weights, saved atomically with save_pretrained, with `record` (student_record) beside them
-    in student.json, so `python -m eval` samples and judges it the way it was trained."""
+def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_dir: Path | None = None, source: str = "the run") -> Path:
+    """The student's (EMA) weights, saved atomically: save_pretrained with the scheduler set for its own step(s),
+    `record` (student_record) in student.json, and for image students the sample grid, the run's config and the
+    model card. A folder already at `path` stays whole until the new one replaces it."""
     model = student_weights(student, ema)
+    scheduler, _, _ = student_scheduler(model, record["sigmas"])
+    config = _run_config_or_none(run_dir)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if scheduler is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, scheduler=scheduler)
         (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
+        if scheduler is not None:
+            teacher = _teacher_or_none(record, config, run_dir)
+            sample_grid(model, teacher, record["sigmas"], Path(tmp) / GRID_FILE)
+            if config is not None:
+                OmegaConf.save(config, Path(tmp) / CONFIG_FILE)
+            _write_card(tmp, model, record, config, read_metrics(run_dir), source)
 
     return write_folder_atomic(path, write)
+
+
+def write_model_card(path: Path, run_dir: Path, source: str = "the run") -> None:
+    """(Re)write an exported image student's README.md, with the run's metrics.json as it is now."""
+    path = Path(path)
+    if not (path / "unet").is_dir():
+        return
+    record = json.loads((path / STUDENT_FILE).read_text())
+    _write_card(path, load_denoiser(path, key="student"), record, _run_config_or_none(run_dir), read_metrics(run_dir), source)
+
+
+def _write_card(folder: Path, model, record: dict, config, metrics: dict, source: str) -> None:
+    teacher = record.get("teacher")
+    license_id = teacher_license(Path(teacher_folder(teacher)) if teacher else None)
+    card = model_card(model, record, None if config is None else OmegaConf.to_container(config), metrics, license_id, source)
+    tmp = Path(folder) / f"{CARD_FILE}.tmp"
+    tmp.write_text(card)
+    tmp.replace(Path(folder) / CARD_FILE)
+
+
+def teacher_folder(teacher: str) -> str:
+    """A teacher string of student.json as a local path (zoo names resolved); hub ids stay as they are."""
+    from teachers.zoo import resolve_model_path
+
+    try:
+        return str(resolve_model_path(teacher))
+    except ConfigError:
+        return teacher
+
+
+def _run_config_or_none(run_dir: Path | None):
+    return OmegaConf.load(Path(run_dir) / "config.yaml") if run_dir is not None and (Path(run_dir) / "config.yaml").is_file() else None
+
+
+def _teacher_or_none(record: dict, config, run_dir: Path | None):
+    """The teacher for the card's grid, when it is on this machine (a hub id is not fetched)."""
+    candidates = [teacher_folder(record["teacher"])] if record.get("teacher") else []
+    if run_dir is not None and config is not None and config.teacher.path is None:
+        candidates.append(str(Path(run_dir) / "teacher"))
+    for candidate in candidates:
+        if Path(candidate).is_dir():
+            try:
+                return load_denoiser(candidate)
+            except ConfigError:
+                return None
+    return None
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -69,3 +132,80 @@ def student_from_checkpoint(checkpoint: Path, use_ema: bool = True) -> tuple[tor
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
     record = student_record(cfg.student.sigmas or [student.sigma_max], cfg.loss.guidance_scale, teacher)
     return student.eval().requires_grad_(False), record
+
+
+def resolve_checkpoint(target: Path) -> Path:
+    """A checkpoints/step-N folder as given, or a run directory's newest checkpoint that verifies."""
+    if STEP_DIR.match(target.name) and target.is_dir() and not (target / "config.yaml").exists():
+        if not (target / COMPLETE_MARKER).is_file():
+            raise ConfigError(f"{target}: a checkpoint folder without its {COMPLETE_MARKER} manifest (half-written or not sealed)")
+        return target
+    if not target.is_dir():
+        raise ConfigError(f"{target}: no such run directory or checkpoint folder")
+    run_config(target)  # a run directory has its config
+    found = latest_loadable(target / "checkpoints")
+    if found is None:
+        raise ConfigError(f"{target}: a run directory without a complete checkpoint in {target / 'checkpoints'}")
+    return found
+
+
+def export_checkpoint(checkpoint: Path, out: Path, use_ema: bool = True) -> Path:
+    """The student of a sealed checkpoint exported to `out`, the folder layout of the run's own student/."""
+    student, record = student_from_checkpoint(checkpoint, use_ema)
+    source = f"checkpoint {checkpoint.name}" + ("" if use_ema else " (its raw weights, not the EMA)")
+    return export_student(student, None, out, record, checkpoint.parent.parent, source=source)
+
+
+def hub_files(folder: Path) -> list[str]:
+    """What --push-to-hub uploads: every file of the export."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def push_to_hub(folder: Path, repo_id: str, dry_run: bool = False) -> list[str]:
+    """Upload the export with huggingface_hub (the user's token and network); a dry run only lists the files."""
+    files = hub_files(folder)
+    if not dry_run:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="onestep-distill export")
+    return files
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m distill.export", description="Re-export the student of any sealed checkpoint.")
+    parser.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its newest checkpoint that verifies) or a checkpoints/step-N folder")
+    parser.add_argument("--out", default=None, help="the export folder (default: <run dir>/exports/step-N)")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="the EMA weights (default) or, with --no-ema, the raw ones")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out folder that is not an export")
+    parser.add_argument("--lora", action="store_true", help="export LoRA weights (LoRA students only)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the export (needs your token and network)")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files it would upload, upload nothing")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Console entry point (`distill-export`); bad input is one `error:` line and exit 2, nothing written."""
+    args = parse_args(argv)
+    try:
+        if args.lora:
+            raise ConfigError("--lora: this student has full weights (LoRA students come from a teacher with LoRA layers); export it without --lora")
+        checkpoint = resolve_checkpoint(Path(args.target))
+        out = Path(args.out) if args.out else checkpoint.parent.parent / "exports" / checkpoint.name
+        if out.exists() and not (out / STUDENT_FILE).is_file() and not args.overwrite:
+            raise ConfigError(f"--out {out} exists and is not an exported student; pass --overwrite to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_checkpoint(checkpoint, out, use_ema=args.ema)
+    except (ConfigError, CorruptCheckpoint) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported {checkpoint} -> {out}")
+    if args.push_to_hub:
+        files = push_to_hub(out, args.push_to_hub, args.dry_run)
+        print(("would upload" if args.dry_run else "uploaded") + f" to {args.push_to_hub}: " + ", ".join(files))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
-from distill.export import export_student, student_record
+from distill.export import export_student, student_record, write_model_card
 from distill.fake_score import build_step_embedding
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
@@ -128,9 +128,11 @@ def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
     sigmas = cfg.student.sigmas or [state.student.sigma_max]
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    export_student(state.student, state.ema, run_dir / "student", student_record(sigmas, cfg.loss.guidance_scale, teacher))
+    export_student(state.student, state.ema, run_dir / "student", student_record(sigmas, cfg.loss.guidance_scale, teacher), run_dir)
     student = load_denoiser(run_dir / "student").to(device)
-    return task.evaluate(cfg, student, real, run_dir, device)
+    metrics = task.evaluate(cfg, student, real, run_dir, device)
+    write_model_card(run_dir / "student", run_dir)  # now with the figures
+    return metrics
 
 
 @dataclass

@@ -46,16 +46,18 @@ def write_folder_atomic(path: Path, write: Callable[[Path], object], keep_existi
     never deleted under a reader."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: two writers never share a temporary folder
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    if not keep_existing:
-        shutil.rmtree(path, ignore_errors=True)
+    if not keep_existing and path.exists():
+        path.rename(old)  # set aside, not deleted, until the new folder is in place: a kill leaves one whole folder
     try:
         tmp.rename(path)
     except OSError:  # path exists again (another process renamed its complete folder first): keep that one
         shutil.rmtree(tmp, ignore_errors=True)
         if not path.is_dir():
             raise
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -129,9 +129,11 @@ class UNetDenoiser(nn.Module):
     def extra_config(self) -> dict:
         return {"sigma_data": self.sigma_data, "sigma_max": self.sigma_max, "null_class": self.null_class}
 
-    def save_pretrained(self, path, safe_serialization: bool = True) -> None:
-        """A DDPMPipeline folder (loadable with diffusers) plus distill.json."""
-        DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(path, safe_serialization=safe_serialization)
+    def save_pretrained(self, path, safe_serialization: bool = True, scheduler=None) -> None:
+        """A DDPMPipeline folder (loadable with diffusers) plus distill.json; `scheduler` replaces the teacher's in it
+        (an exported student's is set for its own steps: distill.export)."""
+        pipeline = DDPMPipeline(unet=self.unet, scheduler=scheduler or self.scheduler)
+        pipeline.save_pretrained(path, safe_serialization=safe_serialization)
         (Path(path) / EXTRA_FILE).write_text(json.dumps(self.extra_config(), indent=2) + "\n")
 
     @classmethod

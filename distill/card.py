@@ -1,0 +1,175 @@
+"""What makes an exported student usable without this toolkit: the scheduler set for its own step(s), a sample
+grid beside its teacher, and a Hugging Face model card (README.md) whose snippet makes the student's own image."""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import torch
+from diffusers import LCMScheduler
+from omegaconf import OmegaConf
+from torchvision.utils import make_grid, save_image
+
+from eval.samplers import get_sampler, karras_sigmas, multistep_student
+from teachers.unet import sigma_to_t
+
+CARD_FILE, GRID_FILE, CONFIG_FILE = "README.md", "samples.png", "train_config.yaml"
+GRID_SEEDS = 8
+TEACHER_SAMPLER = {"name": "heun", "num_steps": 18}  # 35 network evaluations, the teacher's full sampler in eval
+
+
+def student_scheduler(denoiser, sigmas: list[float]) -> tuple[LCMScheduler | None, list[float], bool]:
+    """The scheduler a stock DDPMPipeline runs the student with, the student's timesteps on the teacher's table, and
+    whether the scheduler reproduces them exactly.
+
+    LCMScheduler with original_inference_steps = k gives DMD2's trailing timesteps (999, 749, 499, 249 for k = 4 of
+    1000; 999 for one step), predicts x0 and re-noises it with fresh noise as DMD2's k-step sampler does. Its
+    consistency boundary scaling is c_skip = 0.25 / ((10 t)^2 + 0.25) < 1e-7 at t >= 249, so it returns x0 itself."""
+    if not hasattr(denoiser, "scheduler"):  # not a diffusers UNet (the toy MLP): no pipeline to set
+        return None, [], False
+    k = len(sigmas)
+    timesteps = sigma_to_t(torch.tensor(sigmas, dtype=torch.float32), denoiser.sigmas).tolist()
+    accepted = inspect.signature(LCMScheduler.__init__).parameters  # the teacher's DDPM-only keys would warn on every load
+    config = {key: value for key, value in denoiser.scheduler.config.items() if key in accepted}
+    scheduler = LCMScheduler.from_config({**config, "original_inference_steps": k, "clip_sample": False, "thresholding": False})
+    scheduler.set_timesteps(k)
+    exact = all(abs(t - int(s)) < 1e-3 for t, s in zip(timesteps, scheduler.timesteps.tolist()))
+    return scheduler, timesteps, exact
+
+
+def student_images(student, noise: torch.Tensor, sigmas: list[float], cond, generator: torch.Generator) -> torch.Tensor:
+    """The student's own sampler, the way the card's snippet draws its noise: z, then each step's fresh noise, from
+    one generator. NCHW in [0, 1]."""
+    with torch.no_grad():
+        x = multistep_student(student, noise, torch.tensor(sigmas, dtype=noise.dtype), cond, generator)
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+def usage_snippet(denoiser, sigmas: list[float], timesteps: list[float], exact: bool) -> str:
+    """The smallest exact code that makes the student's images; defines `images` (NHWC numpy in [0, 1])."""
+    shape, k = tuple(denoiser.shape), len(sigmas)
+    classes = getattr(denoiser, "num_classes", None)
+    if not exact:  # timesteps between the table's integers: stock schedulers round them
+        cond = f"torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}" if classes else "None"
+        return f'''import torch
+from eval.samplers import multistep_student
+from teachers.io import load_denoiser
+
+student = load_denoiser(".")  # this folder (needs the onestep-distill package)
+generator = torch.Generator().manual_seed(0)
+labels = {cond}
+x = torch.randn((4, {', '.join(map(str, shape))}), generator=generator)
+with torch.no_grad():
+    x = multistep_student(student, x, torch.tensor({[round(s, 6) for s in sigmas]}), labels, generator)
+images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # NHWC in [0, 1]
+'''
+    if classes:  # DDPMPipeline passes no class labels: the same loop, written out
+        return f'''import torch
+from diffusers import LCMScheduler, UNet2DModel
+
+unet = UNet2DModel.from_pretrained(".", subfolder="unet")  # this folder, or its hub id
+scheduler = LCMScheduler.from_pretrained(".", subfolder="scheduler")
+generator = torch.Generator().manual_seed(0)
+labels = torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}
+x = torch.randn((len(labels), {', '.join(map(str, shape))}), generator=generator)
+scheduler.set_timesteps({k})
+with torch.no_grad():
+    for t in scheduler.timesteps:
+        x = scheduler.step(unet(x, t, class_labels=labels).sample, t, x, generator=generator).prev_sample
+images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # NHWC in [0, 1]
+'''
+    return f'''import torch
+from diffusers import DDPMPipeline
+
+pipe = DDPMPipeline.from_pretrained(".")  # this folder, or its hub id
+generator = torch.Generator().manual_seed(0)
+images = pipe(batch_size=4, num_inference_steps={k}, generator=generator, output_type="np").images  # NHWC in [0, 1]
+'''
+
+
+def snippet_from_card(card: str) -> str:
+    """The first ```python block of a model card."""
+    match = re.search(r"```python\n(.*?)```", card, re.S)
+    if match is None:
+        raise ValueError("the model card has no ```python block")
+    return match.group(1)
+
+
+def sample_grid(student, teacher, sigmas: list[float], path: Path) -> None:
+    """Two rows on the same seeds (and classes 0..7): the teacher's full sampler, then the student."""
+    classes = getattr(student, "num_classes", None)
+    cond = torch.arange(GRID_SEEDS) % classes if classes else None
+    noise = torch.randn((GRID_SEEDS, *student.shape), generator=torch.Generator().manual_seed(0))
+    rows = []
+    if teacher is not None:
+        sigmas_t = karras_sigmas(TEACHER_SAMPLER["num_steps"], teacher.sigma_min, teacher.sigma_max)
+        with torch.no_grad():
+            rows.append((get_sampler(TEACHER_SAMPLER["name"])(teacher, noise, sigmas_t, cond) / 2 + 0.5).clamp(0, 1))
+    rows.append(student_images(student, noise.clone(), sigmas, cond, torch.Generator().manual_seed(1)))
+    save_image(make_grid(torch.cat(rows).float(), nrow=GRID_SEEDS, pad_value=1.0), path)
+
+
+def teacher_license(teacher_folder: Path | None) -> str:
+    """The `license:` of the teacher's own model card, else "other" (nothing recorded)."""
+    card = teacher_folder / CARD_FILE if teacher_folder is not None else None
+    if card is not None and card.is_file():
+        match = re.search(r"^license:\s*(\S+)", card.read_text(), re.M)
+        if match:
+            return match.group(1)
+    return "other"
+
+
+def metrics_table(metrics: dict) -> str:
+    """metrics.json as a table: one row per sampler."""
+    if not metrics:
+        return "Not evaluated yet: `python -m eval student_path=<this folder>` measures it beside its teacher.\n"
+    keys = ["nfe", "fid", "fid_vs_teacher", "fid_ci95", "num_samples", "seed"]
+    rows = ["| sampler | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for label, entry in sorted(metrics.items()):
+        rows.append(f"| {label} | " + " | ".join(_fmt(entry.get(k)) for k in keys) + " |")
+    extractor = next((e.get("feature_extractor") for e in metrics.values() if e.get("feature_extractor")), "?")
+    return "\n".join(rows) + f"\n\nFeatures: `{extractor}`; FID against the training images (`fid`) and against the teacher's own samples (`fid_vs_teacher`) on the same seeds, with a 95% bootstrap interval (`fid_ci95`).\n"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "" if value is None else str(value)
+
+
+def model_card(denoiser, record: dict, config: dict | None, metrics: dict, license_id: str, source: str) -> str:
+    """README.md of an exported student: metadata, the grid, the exact snippet, the figures, the training config."""
+    sigmas = record["sigmas"]
+    _, timesteps, exact = student_scheduler(denoiser, sigmas)
+    k, teacher = len(sigmas), record.get("teacher") or "trained in the run"
+    classes = getattr(denoiser, "num_classes", None)
+    how = ("a stock `DDPMPipeline` with the `LCMScheduler` stored here runs it" if exact and not classes else
+           "stock diffusers runs it with the `LCMScheduler` stored here; `DDPMPipeline` passes no class labels, so the loop is written out" if exact else
+           "its timesteps fall between the integers of the teacher's table, which stock diffusers schedulers round; the exact sampler is the toolkit's")
+    front = {"library_name": "diffusers", "pipeline_tag": "unconditional-image-generation", "base_model": teacher, "license": license_id,
+             "tags": ["diffusion-distillation", "dmd", "onestep-distill", f"{k}-step"]}
+    lines = ["---", *OmegaConf.to_yaml(OmegaConf.create(front)).strip().splitlines(), "---", "",
+             f"# A {k}-step student of `{teacher}`", "",
+             f"Distilled with Distribution Matching Distillation (DMD/DMD2) by onestep-distill from {source}. It makes an image in "
+             f"{k} network evaluation{'s' if k > 1 else ''} at the noise levels sigma = {[round(s, 4) for s in sigmas]} "
+             f"(timesteps {[round(t, 3) for t in timesteps]} of the teacher's table){f', class-conditional (classes 0..{classes - 1})' if classes else ''}; "
+             f"{how}.", "", f"![teacher (top, Heun, 35 evaluations) and this student (bottom), same seeds]({GRID_FILE})", "",
+             "## Usage", "", "Run in this folder (or replace `\".\"` with its hub id). It makes the same images as the toolkit's own sampler for the same seed"
+             + (" and classes" if classes else "") + " (tested to 1e-3 on [0, 1] pixels).", "",
+             f"```python\n{usage_snippet(denoiser, sigmas, timesteps, exact)}```", "",
+             f"The step count ({k}) must be the student's own: the scheduler holds its timesteps, and a larger count raises an error instead of running a 1000-step loop.",
+             "", "## Evaluation", "", metrics_table(metrics), "## Training", "",
+             f"Real score's guidance scale {record.get('guidance_scale', 1.0)}; the resolved training config is `{CONFIG_FILE}`"
+             + (" (below)." if config else " (not recorded)."), ""]
+    if config:
+        lines += ["```yaml", OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def read_metrics(run_dir: Path | None) -> dict:
+    path = run_dir / "metrics.json" if run_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
