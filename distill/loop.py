@@ -245,8 +245,23 @@ def plot_inputs(task, ctx: StepContext, seed: int):
     return z, cond
 
 
-def run(cfg: DictConfig) -> dict:
-    """Distill, export the student, and evaluate it beside the teacher's full sampler."""
+@dataclass
+class Prepared:
+    """Everything a run builds before its first step (the benchmark times steps on the same objects)."""
+
+    task: object
+    run_dir: Path
+    accelerator: Accelerator
+    state: TrainState
+    counters: Counters
+    real: object
+    plain_generator: StudentGenerator
+    ctx: StepContext
+    guard: NonFiniteGuard
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate, build the teacher, D_real, the pairs, the student and fake score, resume, and the step context."""
     task = validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -271,10 +286,7 @@ def run(cfg: DictConfig) -> dict:
     generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
     if state.ema is not None:
         state.ema.to(device)
-    accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
-    scalar_log = ScalarLog(accelerator, run_dir)
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
-
     ctx = StepContext(
         accelerator=accelerator, generator=generator, student=plain_generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
         student_optimizer=opt_g,
@@ -282,6 +294,16 @@ def run(cfg: DictConfig) -> dict:
         num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,
         fake_weighting=fake_score_weighting(cfg.loss, teacher),
     )
+    return Prepared(task, run_dir, accelerator, state, counters, real, plain_generator, ctx, guard)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Distill, export the student, and evaluate it beside the teacher's full sampler."""
+    p = prepare(cfg)
+    task, run_dir, accelerator, state, counters, ctx, guard = p.task, p.run_dir, p.accelerator, p.state, p.counters, p.ctx, p.guard
+    plain_generator, opt_g, opt_f, main = p.plain_generator, ctx.student_optimizer, ctx.fake_optimizer, accelerator.is_main_process
+    accelerator.init_trackers("tensorboard", config=OmegaConf.to_container(cfg.train))
+    scalar_log = ScalarLog(accelerator, run_dir)
     z_plot, cond_plot = plot_inputs(task, ctx, cfg.seed)
     train, checkpoints = cfg.train, run_dir / "checkpoints"
     budget = TimeBudget(train.max_minutes, counters.train_seconds)
@@ -316,6 +338,6 @@ def run(cfg: DictConfig) -> dict:
                 break
 
     # Export the student and evaluate it beside the teacher's full sampler.
-    metrics = export_and_evaluate(cfg, task, state, real, run_dir, device) if main else {}
+    metrics = export_and_evaluate(cfg, task, state, p.real, run_dir, accelerator.device) if main else {}
     accelerator.end_training()
     return metrics

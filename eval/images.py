@@ -21,7 +21,7 @@ from eval.quality import quality_figures
 from teachers.data import load_images
 from teachers.errors import ConfigError
 from teachers.io import sha256_of, write_folder_atomic
-from teachers.zoo import resolve_model_path, zoo_path
+from teachers.zoo import ZOO_DIR, resolve_model_path, zoo_path
 
 EXTRACTORS = ("domain", "inception")
 GRID_IMAGES = 64
@@ -182,6 +182,9 @@ def evaluate_images(
     return metrics
 
 
+SHIPPED_SAMPLES = ZOO_DIR / "teacher_samples"  # read-only entries of the same layout as eval.cache_dir/teacher_samples
+
+
 def cached_sampling(sample_fn: SampleFn, noise: torch.Tensor, cond, eval_cfg, inputs_key: dict, label: str) -> tuple[torch.Tensor, float]:
     """A deterministic sampler's samples (the teacher's full sampler) from eval.cache_dir/teacher_samples, keyed by the
     network's weights, the sampler, and the seed, count, shape and classes that fix the noise and labels; sampled (and
@@ -189,7 +192,10 @@ def cached_sampling(sample_fn: SampleFn, noise: torch.Tensor, cond, eval_cfg, in
     if sample_fn.cache_key is None or not eval_cfg.get("cache_teacher_samples", True):
         return timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
     key = sample_fn.cache_key() | inputs_key
-    path = Path(eval_cfg.cache_dir) / "teacher_samples" / f"{label}-{key_digest(key)[:16]}"
+    name = f"{label}-{key_digest(key)[:16]}"
+    path = Path(eval_cfg.cache_dir) / "teacher_samples" / name
+    if not (path / "samples.npz").is_file() and (SHIPPED_SAMPLES / name / "samples.npz").is_file():
+        path = SHIPPED_SAMPLES / name  # the default evaluation of a shipped teacher: its samples ship with it
     if not (path / "samples.npz").is_file():
         x, seconds = timed_sampling(sample_fn.fn, noise, eval_cfg.batch_size, cond, desc=label)
 

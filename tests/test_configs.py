@@ -10,7 +10,7 @@ GROUPS = ["teacher", "data", "student", "loss", "optim", "eval", "experiment", "
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
 # Options for image data compose on top of the MNIST preset; the rest on the toy default.
 IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder"), ("data", "hub"), ("teacher", "unet"),
-                 ("eval", "fid"), ("debug", "cpu_tiny_image"), ("experiment", "mnist")}
+                 ("eval", "fid"), ("debug", "cpu_tiny_image"), ("experiment", "mnist"), ("experiment", "demo")}
 
 
 def is_image(group: str, option: str) -> bool:

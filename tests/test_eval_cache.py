@@ -98,3 +98,49 @@ def test_a_given_classifier_path_is_the_one_used(tmp_path):
     extractor, extra = build_extractor(data, cfg, seed=0)
     assert extractor.name == "domain_classifier:mine" and (tmp_path / "mine" / "accuracy.json").is_file()
     assert not (tmp_path / "cache").exists() and 0 <= extra["classifier_test_accuracy"] <= 1
+
+
+def test_shipped_teacher_samples_are_read_when_the_cache_has_none(tmp_path, monkeypatch):
+    """An entry in teachers/zoo/teacher_samples (the same layout) is a hit for an empty eval.cache_dir."""
+    import shutil
+
+    import torch
+    from conftest import tiny_unet_denoiser
+
+    import eval.images as images
+    from eval.harness import teacher_sample_fns
+
+    (label, fn), = teacher_sample_fns(tiny_unet_denoiser(), [{"name": "heun", "num_steps": 2}]).items()
+    inputs = {"num_samples": 4, "seed": 1, "shape": [1, 8, 8], "num_classes": None}
+    noise = torch.randn(4, 1, 8, 8)
+    made, _ = images.cached_sampling(fn, noise, None, OmegaConf.create({"cache_dir": str(tmp_path / "a"), "batch_size": 4}), inputs, label)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tmp_path / "a" / "teacher_samples", shipped)
+    monkeypatch.setattr(images, "SHIPPED_SAMPLES", shipped)
+    never = type(fn)(fn.nfe, lambda z, c=None: pytest.fail("sampled although the entry ships"), fn.cache_key)
+    read, _ = images.cached_sampling(never, noise, None, OmegaConf.create({"cache_dir": str(tmp_path / "b"), "batch_size": 4}), inputs, label)
+    assert torch.equal(read, made) and not (tmp_path / "b").exists()  # the same file read back
+
+
+def test_the_shipped_mnist_cond_samples_are_its_teachers_heun_samples():
+    """Keyed by the shipped teacher's weights, and its first rows equal a fresh Heun-35 run (float tolerance)."""
+    import json
+
+    import torch
+
+    from eval.cache import key_digest
+    from eval.harness import denoiser_digest, teacher_sample_fns
+    from eval.images import SHIPPED_SAMPLES, draw_inputs
+    from teachers.io import load_denoiser
+
+    teacher = load_denoiser("teachers/zoo/mnist_cond")
+    (entry,) = [p for p in SHIPPED_SAMPLES.iterdir() if json.loads((p / "key.json").read_text())["num_classes"] == 10]
+    key = json.loads((entry / "key.json").read_text())
+    assert key["teacher_sha256"] == denoiser_digest(teacher) and entry.name.endswith(key_digest(key)[:16])
+    noise, cond = draw_inputs(key["num_samples"], tuple(key["shape"]), key["num_classes"], key["seed"])
+    (label, fn), = teacher_sample_fns(teacher, [{"name": key["sampler"], "num_steps": key["num_steps"]}]).items()
+    assert entry.name.startswith(label)
+    with torch.no_grad():
+        fresh = fn.fn(noise[:6], cond[:6])
+    with np.load(entry / "samples.npz") as data:
+        torch.testing.assert_close(torch.from_numpy(data["samples"][:6]), fresh, rtol=1e-4, atol=1e-4)
