@@ -283,3 +283,19 @@ def test_bad_flags_are_refused_before_loading(capsys):
 def test_the_shipped_student_serves_its_recorded_sigma(zoo_source):
     _, student = zoo_source
     assert student.sigmas == pytest.approx([float(student.denoiser.sigma_max)]) and student.denoiser.num_classes == 10
+
+
+def test_the_batcher_forgets_clients_it_no_longer_expects(monkeypatch):
+    import distill.serve.batcher as batcher_module
+
+    async def scenario():
+        batcher = MicroBatcher(lambda jobs: [None] * len(jobs), max_batch=16, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        for i in range(1100):  # a client that opens a new connection per request
+            await batcher.submit([i], None, f"conn-{i}").future
+        runner.cancel()
+        batcher.close()
+        return len(batcher.answered)
+
+    monkeypatch.setattr(batcher_module, "RECENT_S", 0.0)
+    assert asyncio.run(scenario()) <= 1025

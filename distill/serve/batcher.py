@@ -84,13 +84,18 @@ class MicroBatcher:
         except asyncio.TimeoutError:
             return None
 
+    def forget_old(self) -> None:
+        """Drop clients not answered in the last RECENT_S seconds (one HTTP connection per request adds one each)."""
+        now = time.perf_counter()
+        self.answered = {c: t for c, t in self.answered.items() if now - t < RECENT_S}
+
     def expected(self, batch: list[Job]) -> bool:
         """Whether the last batch was shared and a client answered in the last RECENT_S seconds has no request in
         this batch yet."""
         if self.last_batch_jobs < 2:
             return False
-        now, present = time.perf_counter(), {job.client for job in batch}
-        self.answered = {c: t for c, t in self.answered.items() if now - t < RECENT_S}
+        self.forget_old()
+        present = {job.client for job in batch}
         return any(c not in present for c in self.answered)
 
     async def collect(self) -> list[Job]:
@@ -128,6 +133,8 @@ class MicroBatcher:
             self.batches += 1
             self.last_batch_jobs = len(batch)
             answered_at = time.perf_counter()
+            if len(self.answered) > 1024:
+                self.forget_old()
             for job, result in zip(batch, results):
                 self.answered[job.client] = answered_at
                 if not job.future.done():  # the client may have gone
