@@ -12,7 +12,8 @@ from diffusers import LCMScheduler
 from omegaconf import OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from eval.samplers import get_sampler, karras_sigmas, multistep_student
+from eval.harness import teacher_sample_fns
+from eval.samplers import multistep_student
 from teachers.unet import sigma_to_t
 
 CARD_FILE, GRID_FILE, CONFIG_FILE = "README.md", "samples.png", "train_config.yaml"
@@ -104,9 +105,9 @@ def sample_grid(student, teacher, sigmas: list[float], path: Path) -> None:
     noise = torch.randn((GRID_SEEDS, *student.shape), generator=torch.Generator().manual_seed(0))
     rows = []
     if teacher is not None:
-        sigmas_t = karras_sigmas(TEACHER_SAMPLER["num_steps"], teacher.sigma_min, teacher.sigma_max)
+        (full_sampler,) = teacher_sample_fns(teacher, [TEACHER_SAMPLER]).values()
         with torch.no_grad():
-            rows.append((get_sampler(TEACHER_SAMPLER["name"])(teacher, noise, sigmas_t, cond) / 2 + 0.5).clamp(0, 1))
+            rows.append((full_sampler.fn(noise, cond) / 2 + 0.5).clamp(0, 1))
     rows.append(student_images(student, noise.clone(), sigmas, cond, torch.Generator().manual_seed(1)))
     save_image(make_grid(torch.cat(rows).float(), nrow=GRID_SEEDS, pad_value=1.0), path)
 

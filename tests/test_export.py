@@ -119,7 +119,7 @@ def test_the_runs_student_has_a_card_with_its_figures_and_a_reexport_equals_it(t
     out = export_main([str(tiny_run), "--out", str(tmp_path / "again")])
     assert "step-2" in capsys.readouterr().out
     exported, at_end = unet_weights(out), unet_weights(tiny_run / "student")
-    assert exported.keys() == at_end.keys() and all(torch.equal(exported[k], at_end[k]) for k in at_end)  # the same EMA tensors
+    assert exported.keys() == at_end.keys() and all(torch.equal(exported[k], at_end[k]) for k in at_end)  # the same stored EMA tensors, copied (a replay, no arithmetic)
     older = export_main([str(tiny_run / "checkpoints" / "step-1")])
     assert older == tiny_run / "exports" / "step-1" and any(not torch.equal(unet_weights(older)[k], at_end[k]) for k in at_end)
     raw = export_main([str(tiny_run), "--no-ema", "--out", str(tmp_path / "raw")])

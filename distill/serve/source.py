@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import COMPLETE_MARKER, STEP_DIR, CorruptCheckpoint, complete_checkpoints, verify
-from distill.export import student_from_checkpoint
+from distill.checkpoint import STEP_DIR, CorruptCheckpoint, complete_checkpoints, verify
+from distill.export import resolve_checkpoint, student_from_checkpoint
 from eval.harness import STUDENT_FILE, read_student_record
 from teachers.errors import ConfigError
 from teachers.io import load_denoiser
@@ -42,16 +42,14 @@ class StudentSource:
             raise ConfigError(f"STUDENT {self.spec}: no such file or folder")
         if (path / STUDENT_FILE).is_file():
             return "folder"
-        if STEP_DIR.match(path.name):
-            if not (path / COMPLETE_MARKER).is_file():
-                raise ConfigError(f"STUDENT {self.spec}: a checkpoint folder without its {COMPLETE_MARKER} manifest (half-written or not sealed)")
-            return "checkpoint"
-        if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
-            if not complete_checkpoints(path / "checkpoints"):
-                raise ConfigError(f"STUDENT {self.spec}: a run directory without a complete checkpoint in {path / 'checkpoints'}")
-            return "run"
-        raise ConfigError(f"STUDENT {self.spec}: not a student (expected an exported student/ folder with {STUDENT_FILE}, "
-                          "a run directory, a checkpoints/step-N folder or zoo:<name>)")
+        if not (STEP_DIR.match(path.name) or (path / "checkpoints").is_dir() or (path / "config.yaml").is_file()):
+            raise ConfigError(f"STUDENT {self.spec}: not a student (expected an exported student/ folder with {STUDENT_FILE}, "
+                              "a run directory, a checkpoints/step-N folder or zoo:<name>)")
+        try:  # the export command's rules: a sealed manifest, the run's config, a checkpoint that verifies
+            checkpoint = resolve_checkpoint(path)
+        except ConfigError as err:
+            raise ConfigError(f"STUDENT {self.spec}: {err}") from None
+        return "checkpoint" if checkpoint == path else "run"
 
     def newest(self) -> Path | None:
         """A run's newest sealed checkpoint not known to be corrupt (None for the other kinds)."""
