@@ -14,6 +14,7 @@ from torchvision.utils import make_grid, save_image
 
 from eval.harness import teacher_sample_fns
 from eval.samplers import multistep_student
+from teachers.guidance import GuidedDenoiser
 from teachers.unet import sigma_to_t
 
 CARD_FILE, GRID_FILE, CONFIG_FILE = "README.md", "samples.png", "train_config.yaml"
@@ -48,10 +49,20 @@ def student_images(student, noise: torch.Tensor, sigmas: list[float], cond, gene
     return (x / 2 + 0.5).clamp(0, 1)
 
 
-def usage_snippet(denoiser, sigmas: list[float], timesteps: list[float], exact: bool) -> str:
+def usage_snippet(denoiser, sigmas: list[float], timesteps: list[float], exact: bool, prompts: list[str] | None = None) -> str:
     """The smallest exact code that makes the student's images; defines `images` (NHWC numpy in [0, 1])."""
     shape, k = tuple(denoiser.shape), len(sigmas)
     classes = getattr(denoiser, "num_classes", None)
+    if getattr(denoiser, "text_conditional", False):  # a Stable Diffusion pipeline: its own call, without CFG (guidance_scale=1)
+        prompts = list(prompts or ["a photo"])[:4]
+        return f'''import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained(".")  # this folder, or its hub id
+generator = torch.Generator().manual_seed(0)
+prompts = {prompts!r}
+images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # NHWC in [0, 1]
+'''
     if not exact:  # timesteps between the table's integers: stock schedulers round them
         cond = f"torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}" if classes else "None"
         return f'''import torch
@@ -98,17 +109,26 @@ def snippet_from_card(card: str) -> str:
     return match.group(1)
 
 
-def sample_grid(student, teacher, sigmas: list[float], path: Path) -> None:
-    """Two rows on the same seeds (and classes 0..7): the teacher's full sampler, then the student."""
+def sample_grid(student, teacher, sigmas: list[float], path: Path, prompts: list[str] | None = None, guidance_scale: float = 1.0) -> None:
+    """Two rows on the same seeds (and classes 0..7, or the record's prompts): the teacher's full sampler (with the
+    real score's guidance for text-to-image), then the student; latents decoded with the student's VAE."""
     classes = getattr(student, "num_classes", None)
     cond = torch.arange(GRID_SEEDS) % classes if classes else None
+    text = getattr(student, "text_conditional", False)
+    decode = student.decode if text else (lambda x: x)
+    if text:
+        chosen = list(prompts or [""])
+        cond = student.encode_condition([chosen[i % len(chosen)] for i in range(GRID_SEEDS)])
     noise = torch.randn((GRID_SEEDS, *student.shape), generator=torch.Generator().manual_seed(0))
     rows = []
     if teacher is not None:
-        (full_sampler,) = teacher_sample_fns(teacher, [TEACHER_SAMPLER]).values()
+        guided = GuidedDenoiser(teacher, guidance_scale) if guidance_scale != 1 else teacher
+        (full_sampler,) = teacher_sample_fns(guided, [TEACHER_SAMPLER]).values()
         with torch.no_grad():
-            rows.append((full_sampler.fn(noise, cond) / 2 + 0.5).clamp(0, 1))
-    rows.append(student_images(student, noise.clone(), sigmas, cond, torch.Generator().manual_seed(1)))
+            rows.append((decode(full_sampler.fn(noise, cond)) / 2 + 0.5).clamp(0, 1))
+    with torch.no_grad():
+        x = multistep_student(student, noise.clone(), torch.tensor(sigmas, dtype=noise.dtype), cond, torch.Generator().manual_seed(1))
+    rows.append((decode(x) / 2 + 0.5).clamp(0, 1))
     save_image(make_grid(torch.cat(rows).float(), nrow=GRID_SEEDS, pad_value=1.0), path)
 
 
@@ -148,10 +168,12 @@ def model_card(denoiser, record: dict, config: dict | None, metrics: dict, licen
     _, timesteps, exact = student_scheduler(denoiser, sigmas)
     k, teacher = len(sigmas), record.get("teacher") or "trained in the run"
     classes = getattr(denoiser, "num_classes", None)
-    how = ("a stock `DDPMPipeline` with the `LCMScheduler` stored here runs it" if exact and not classes else
+    text = getattr(denoiser, "text_conditional", False)
+    how = ("a stock `StableDiffusionPipeline` with the `LCMScheduler` stored here runs it (guidance_scale=1: the guidance is distilled in)" if text and exact else
+           "a stock `DDPMPipeline` with the `LCMScheduler` stored here runs it" if exact and not classes else
            "stock diffusers runs it with the `LCMScheduler` stored here; `DDPMPipeline` passes no class labels, so the loop is written out" if exact else
            "its timesteps fall between the integers of the teacher's table, which stock diffusers schedulers round; the exact sampler is the toolkit's")
-    front = {"library_name": "diffusers", "pipeline_tag": "unconditional-image-generation", "base_model": teacher, "license": license_id,
+    front = {"library_name": "diffusers", "pipeline_tag": "text-to-image" if text else "unconditional-image-generation", "base_model": teacher, "license": license_id,
              "tags": ["diffusion-distillation", "dmd", "onestep-distill", f"{k}-step"]}
     lines = ["---", *OmegaConf.to_yaml(OmegaConf.create(front)).strip().splitlines(), "---", "",
              f"# A {k}-step student of `{teacher}`", "",
@@ -161,7 +183,7 @@ def model_card(denoiser, record: dict, config: dict | None, metrics: dict, licen
              f"{how}.", "", f"![teacher (top, Heun, 35 evaluations) and this student (bottom), same seeds]({GRID_FILE})", "",
              "## Usage", "", "Run in this folder (or replace `\".\"` with its hub id). It makes the same images as the toolkit's own sampler for the same seed"
              + (" and classes" if classes else "") + " (tested to 1e-3 on [0, 1] pixels).", "",
-             f"```python\n{usage_snippet(denoiser, sigmas, timesteps, exact)}```", "",
+             f"```python\n{usage_snippet(denoiser, sigmas, timesteps, exact, record.get('prompts'))}```", "",
              f"The step count ({k}) must be the student's own: the scheduler holds its timesteps, and a larger count raises an error instead of running a 1000-step loop.",
              "", "## Evaluation", "", metrics_table(metrics), "## Training", "",
              f"Real score's guidance scale {record.get('guidance_scale', 1.0)}; the resolved training config is `{CONFIG_FILE}`"

@@ -29,10 +29,21 @@ def student_weights(student, ema: EMAModel | None):
     return export
 
 
-def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: str | None = None) -> dict:
+def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: str | None = None, prompts: list[str] | None = None) -> dict:
     """What `python -m eval` needs beside the weights to sample and judge the student as it was trained: its sigma list
-    (one entry for one step: its own conditioning sigma), and the real score's CFG scale with the teacher it refers to."""
-    return {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher}
+    (one entry for one step: its own conditioning sigma), and the real score's CFG scale with the teacher it refers to;
+    for a text-to-image student, a few of its evaluation prompts (the card's grid and snippet)."""
+    record = {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher}
+    return record | ({"prompts": list(prompts)} if prompts else {})
+
+
+def record_prompts(cfg: DictConfig, count: int = 8) -> list[str] | None:
+    """The first evaluation prompts of a text-to-image run (the card's grid and snippet); None for other runs."""
+    if cfg.data.get("prompts") is None:
+        return None
+    from teachers.conditions import load_prompts
+
+    return load_prompts(cfg.data.prompts, "test")[0][:count]
 
 
 def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_dir: Path | None = None, source: str = "the run") -> Path:
@@ -51,7 +62,7 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
         (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
         if scheduler is not None:
             teacher = _teacher_or_none(record, config, run_dir)
-            sample_grid(model, teacher, record["sigmas"], Path(tmp) / GRID_FILE)
+            sample_grid(model, teacher, record["sigmas"], Path(tmp) / GRID_FILE, record.get("prompts"), record.get("guidance_scale", 1.0))
             if config is not None:
                 OmegaConf.save(config, Path(tmp) / CONFIG_FILE)
             _write_card(tmp, model, record, config, read_metrics(run_dir), source)
@@ -130,7 +141,7 @@ def student_from_checkpoint(checkpoint: Path, use_ema: bool = True) -> tuple[tor
         for i, param in enumerate(student.parameters()):
             param.data.copy_(tensors["ema"][str(i)])
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    record = student_record(cfg.student.sigmas or [student.sigma_max], cfg.loss.guidance_scale, teacher)
+    record = student_record(cfg.student.sigmas or [student.sigma_max], cfg.loss.guidance_scale, teacher, record_prompts(cfg))
     return student.eval().requires_grad_(False), record
 
 

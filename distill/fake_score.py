@@ -50,9 +50,11 @@ def find_time_embedding(denoiser: nn.Module) -> nn.Module:
 
 
 def probe_input(denoiser: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One zero input (and class label 0 for class-conditional denoisers) to read a module's output size with."""
+    """One zero input (and class label 0, or the empty prompt's embedding) to read a module's output size with."""
     x = torch.zeros(1, *tuple(denoiser.shape), device=next(denoiser.parameters()).device)
     cond = torch.zeros(1, dtype=torch.long, device=x.device) if getattr(denoiser, "num_classes", None) else None
+    if getattr(denoiser, "text_conditional", False):
+        cond = denoiser.encode_condition([""]).to(x.device)
     return x, cond
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
 from distill.config import validate
-from distill.export import export_student, student_record, write_model_card
+from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.fake_score import build_step_embedding
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
@@ -27,6 +27,7 @@ from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget,
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
 from distill.steps import fake_step, scalars, student_step
+from teachers.conditions import Conditions
 from teachers.errors import ConfigError, TrainingStopped
 from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
@@ -45,18 +46,22 @@ def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_config=project)
 
 
-def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerator):
-    """Teacher ODE pairs for the regression loss, made once per run dir (resumable, split across processes)."""
+def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerator, conditions: Conditions | None):
+    """Teacher ODE pairs for the regression loss, made once per run dir (resumable, split across processes); their
+    conds are rows of the condition table (class labels, or a prompt set's embeddings)."""
     if cfg.loss.regression_weight == 0:
         return None
     path = run_dir / "pairs"
     generate_pairs(
-        teacher, path, **cfg.loss.pairs, seed=cfg.seed, num_classes=getattr(teacher, "num_classes", None),
+        teacher, path, **cfg.loss.pairs, seed=cfg.seed, conditions=conditions,
         rank=accelerator.process_index, world_size=accelerator.num_processes, device=accelerator.device,
         progress=accelerator.is_main_process,
     )
     accelerator.wait_for_everyone()
-    return tuple(t.to(accelerator.device) for t in load_pairs(path, cfg.loss.pairs.num_pairs))
+    pairs = load_pairs(path, cfg.loss.pairs.num_pairs)
+    if conditions is not None:  # stored as row indices: the conds themselves are the table's rows
+        pairs = (*pairs[:2], conditions.table[pairs[2]])
+    return tuple(t.to(accelerator.device) for t in pairs)
 
 
 def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimizer:
@@ -128,7 +133,8 @@ def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
     sigmas = cfg.student.sigmas or [state.student.sigma_max]
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    export_student(state.student, state.ema, run_dir / "student", student_record(sigmas, cfg.loss.guidance_scale, teacher), run_dir)
+    record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg))
+    export_student(state.student, state.ema, run_dir / "student", record, run_dir)
     student = load_denoiser(run_dir / "student").to(device)
     metrics = task.evaluate(cfg, student, real, run_dir, device)
     write_model_card(run_dir / "student", run_dir)  # now with the figures
@@ -151,7 +157,7 @@ class StepContext:
     pairs: tuple[torch.Tensor, ...] | None
     sigma_data: float
     shape: tuple[int, ...]
-    num_classes: int | None
+    conditions: Conditions | None  # the rows conds are drawn from (class labels, text embeddings); None: unconditional
     loss: DictConfig
     train: DictConfig
     fake_weighting: str = "edm"  # the fake score's denoising loss weighting (loss.fake_score_weighting, resolved)
@@ -162,8 +168,8 @@ class StepContext:
         return torch.randn(n, *self.shape, device=self.accelerator.device)
 
     def draw_cond(self, n: int) -> torch.Tensor | None:
-        """Uniform class labels for class-conditional teachers, else None."""
-        return torch.randint(self.num_classes, (n,), device=self.accelerator.device) if self.num_classes else None
+        """Uniform rows of the condition table (class labels, or prompt embeddings); None for unconditional teachers."""
+        return None if self.conditions is None else self.conditions.draw(n, device=self.accelerator.device)[0]
 
     def draw_steps(self, n: int) -> torch.Tensor | None:
         """Each sample's training step: uniform (DMD2), or with loss.last_step_only always the last one."""
@@ -238,10 +244,11 @@ def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: 
 
 
 def plot_inputs(task, ctx: StepContext, seed: int):
-    """Fixed noise (and labels 0, 1, ... for class-conditional teachers) for the progress sheets."""
+    """Fixed noise (and conditions 0, 1, ... of the table: labels, or prompts) for the progress sheets."""
     n = PLOT_SAMPLES[task.kind]
     z = torch.randn(n, *ctx.shape, generator=torch.Generator().manual_seed(seed)).to(ctx.accelerator.device)
-    cond = torch.arange(n, device=z.device) % ctx.num_classes if ctx.num_classes else None
+    table = None if ctx.conditions is None else ctx.conditions.table
+    cond = None if table is None else table[torch.arange(n, device=table.device) % len(table)].to(z.device)
     return z, cond
 
 
@@ -272,12 +279,14 @@ def prepare(cfg: DictConfig) -> Prepared:
 
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
+    conditions = task.conditions(cfg, teacher, "train")
+    conditions = None if conditions is None else conditions.to(device)
     guided = cfg.loss.guidance_scale != 1
     if guided:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps)  # fails early
-    pairs = setup_pairs(cfg, real, run_dir, accelerator)  # ODE pairs of the real score the student matches (guided, or exact)
+    pairs = setup_pairs(cfg, real, run_dir, accelerator, conditions)  # ODE pairs of the real score the student matches (guided, or exact)
     real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
@@ -291,7 +300,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         accelerator=accelerator, generator=generator, student=plain_generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
         student_optimizer=opt_g,
         fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
-        num_classes=getattr(teacher, "num_classes", None), loss=cfg.loss, train=cfg.train,
+        conditions=conditions, loss=cfg.loss, train=cfg.train,
         fake_weighting=fake_score_weighting(cfg.loss, teacher),
     )
     return Prepared(task, run_dir, accelerator, state, counters, real, plain_generator, ctx, guard)

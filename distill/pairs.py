@@ -1,4 +1,4 @@
-"""Teacher ODE pairs (z_ref, y_ref[, label]) for the regression loss (DMD eq. 9), stored with HF datasets.
+"""Teacher ODE pairs (z_ref, y_ref[, condition row]) for the regression loss (DMD eq. 9), stored with HF datasets.
 
 The pair set is cut into shards of seeds. Each shard draws its noise from its own seed, is written
 atomically, and is skipped when already on disk: generation resumes after a crash, and process r of
@@ -15,6 +15,7 @@ from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_
 from tqdm.auto import tqdm
 
 from eval.samplers import get_sampler, karras_sigmas
+from teachers.conditions import Conditions
 from teachers.errors import ConfigError
 from teachers.io import write_folder_atomic
 
@@ -28,19 +29,20 @@ def shard_dir(path: Path, shard: int) -> Path:
     return Path(path) / f"shard-{shard:05d}"
 
 
-def make_shard(teacher, n: int, *, sigmas: torch.Tensor, sampler: str, num_classes: int | None, seed: int, shard: int, device) -> Dataset:
-    """n pairs: seeded noise (and class labels) and the teacher's deterministic ODE output."""
+def make_shard(teacher, n: int, *, sigmas: torch.Tensor, sampler: str, conditions: Conditions | None, seed: int, shard: int, device) -> Dataset:
+    """n pairs: seeded noise (and condition rows: class labels, or prompt indices) and the teacher's deterministic
+    ODE output."""
     gen = shard_generator(seed, shard)
     noise = torch.randn(n, *teacher.shape, generator=gen)
-    label = torch.randint(num_classes, (n,), generator=gen) if num_classes else None
-    target = get_sampler(sampler)(teacher, noise.to(device), sigmas.to(device), None if label is None else label.to(device))
+    cond, label = conditions.draw(n, generator=gen) if conditions is not None else (None, None)
+    target = get_sampler(sampler)(teacher, noise.to(device), sigmas.to(device), None if cond is None else cond.to(device))
     columns = {"noise": noise.numpy(), "target": target.float().cpu().numpy()}
     return Dataset.from_dict(columns | ({"label": label.numpy()} if label is not None else {}))
 
 
 def generate_pairs(
     teacher, path: Path, num_pairs: int, *, sampler: str, num_steps: int, batch_size: int, seed: int,
-    num_classes: int | None = None, rank: int = 0, world_size: int = 1, device="cpu", progress: bool = True,
+    conditions: Conditions | None = None, rank: int = 0, world_size: int = 1, device="cpu", progress: bool = True,
 ) -> list[Path]:
     """Write this process's missing shards (batch_size pairs each) of the pair set under path."""
     disable_progress_bars()  # one bar over the shards, not one per save_to_disk
@@ -49,7 +51,7 @@ def generate_pairs(
     mine = [i for i in range(rank, num_shards, world_size) if not shard_dir(path, i).is_dir()]
     for i in tqdm(mine, desc="teacher ODE pairs", disable=not progress):
         n = min(batch_size, num_pairs - i * batch_size)
-        shard = make_shard(teacher, n, sigmas=sigmas, sampler=sampler, num_classes=num_classes, seed=seed, shard=i, device=device)
+        shard = make_shard(teacher, n, sigmas=sigmas, sampler=sampler, conditions=conditions, seed=seed, shard=i, device=device)
         save_dataset_atomic(shard, shard_dir(path, i))
     return [shard_dir(path, i) for i in range(num_shards)]
 
@@ -60,7 +62,8 @@ def save_dataset_atomic(dataset: Dataset, path: Path) -> Path:
 
 
 def load_pairs(path: Path, num_pairs: int | None = None) -> tuple[torch.Tensor, ...]:
-    """(z_ref, y_ref) float32 tensors, plus labels for class-conditional teachers, from all shards."""
+    """(z_ref, y_ref) float32 tensors, plus the condition rows (class labels, prompt indices) of conditional teachers,
+    from all shards."""
     shards = sorted(Path(path).glob("shard-*"))
     data = concatenate_datasets([load_from_disk(str(s)) for s in shards]).with_format("torch") if shards else None
     if data is None or (num_pairs is not None and len(data) != num_pairs):

@@ -11,7 +11,9 @@ from torchvision.utils import make_grid, save_image
 
 from eval.run import evaluate_models
 from eval.plots import scatter_panels
+from teachers.conditions import conditions_for
 from teachers.data import check_fits, load_images
+from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, GMMDenoiser
 from teachers.io import load_denoiser, save_pretrained_atomic
 from teachers.train import train_image_teacher, train_teacher
@@ -69,6 +71,9 @@ class ToyTask:
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
         return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture)
 
+    def conditions(self, cfg, teacher, part: str):
+        return None
+
     def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor]:
         """(samples,) of the mixture for the GAN's real side (REAL_TOY_SAMPLES, fixed seed)."""
         x = self.mixture.sample(REAL_TOY_SAMPLES, generator=torch.Generator().manual_seed(cfg.seed))
@@ -100,7 +105,48 @@ class ImageTask:
     def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
         return evaluate_models(cfg, real, student, run_dir, device)
 
+    def conditions(self, cfg, teacher, part: str):
+        """The condition table (class labels, or a prompt set's embeddings) the run draws conds from; None: unconditional."""
+        return conditions_for(teacher, self.data_cfg, part, cfg.eval.cache_dir)
+
     def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
         """(images[, labels]) of the training split for the GAN's real side; labels for class-conditional teachers."""
         images, labels = load_images(self.data_cfg, "train")
         return (images.to(device), labels.to(device)) if getattr(teacher, "num_classes", None) else (images.to(device),)
+
+
+class TextImageTask(ImageTask):
+    """A Stable Diffusion-family teacher on latents: prompts as conditions; sheets, evaluation and the GAN's real side
+    go through its VAE. Only this task and eval's decode know the denoiser works on latents."""
+
+    kind = "image"
+
+    def setup_teacher(self, cfg, run_dir, accelerator):
+        teacher = load_denoiser(teacher_path(cfg, run_dir), kind="sd", dtype=cfg.teacher.get("dtype")).to(accelerator.device)
+        return teacher, teacher
+
+    def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
+        """An 8x8 sheet of decoded student samples from fixed noise and the first prompts."""
+        with torch.no_grad():
+            x = generator.denoiser.decode(generator.sample(z_plot, cond_plot, plot_generator(z_plot))).float().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
+        log_image(accelerator, path, step)
+
+    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
+        """(latents, text embeddings) for the GAN's real side: the training images through the VAE (padded as the
+        teacher's VAE was trained, data.pad), each with the embedding of a prompt that names its class."""
+        conditions = self.conditions(cfg, teacher, "train")
+        if conditions.classes is None or not bool((conditions.classes >= 0).any()):
+            raise ConfigError("the GAN's real side needs captioned images; this prompt set names no classes of data "
+                              f"{self.data_cfg.name} (set loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0)")
+        images, labels = load_images(self.data_cfg, "train")
+        pad = int(self.data_cfg.get("pad", 0))
+        images = torch.nn.functional.pad(images, (pad,) * 4, value=-1.0) if pad else images
+        gen = torch.Generator().manual_seed(cfg.seed)
+        latents = torch.cat([teacher.encode(x.to(device), gen if device == torch.device("cpu") else None) for x in images.split(500)])
+        rows = [(conditions.classes == int(y)).nonzero().flatten() for y in labels]
+        if any(len(r) == 0 for r in rows):
+            raise ConfigError(f"data.prompts names no prompt for some classes of data {self.data_cfg.name}")
+        picked = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])
+        return latents, conditions.table[picked].to(device)

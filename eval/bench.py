@@ -12,6 +12,7 @@ import torch
 from eval.harness import read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns, timed_sampling
 from eval.images import draw_inputs
 from eval.samplers import SAMPLERS
+from teachers.conditions import class_conditions
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path
 
@@ -40,7 +41,7 @@ def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: 
     student_fn = student_sample_fn(student, student_sigmas)
     student_key = student_label(student_fn.nfe)
     fns = {**teacher_sample_fns(teacher, samplers), student_key: student_fn}
-    noise, cond = draw_inputs(batch_size, teacher.shape, getattr(teacher, "num_classes", None), seed=0)
+    noise, cond = draw_inputs(batch_size, teacher.shape, class_conditions(getattr(teacher, "num_classes", None)), seed=0)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
     speedup = {label: seconds[label] / seconds[student_key] for label in fns}

@@ -18,6 +18,7 @@ from eval.cache import check_key, key_digest, tensor_digest, write_key
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
 from eval.quality import quality_figures
+from teachers.conditions import Conditions
 from teachers.data import load_images
 from teachers.errors import ConfigError
 from teachers.io import sha256_of, write_folder_atomic
@@ -118,12 +119,40 @@ def save_comparison_grid(panels: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def draw_inputs(num_samples: int, shape: tuple[int, ...], num_classes: int | None, seed: int):
-    """The seeded noise (and class labels) every sampler starts from."""
+def draw_inputs(num_samples: int, shape: tuple[int, ...], conditions: Conditions | None, seed: int):
+    """The seeded noise (and conds: class labels, or prompt embeddings) every sampler starts from."""
+    noise, cond, _ = draw_indexed_inputs(num_samples, shape, conditions, seed)
+    return noise, cond
+
+
+def draw_indexed_inputs(num_samples: int, shape: tuple[int, ...], conditions: Conditions | None, seed: int):
+    """draw_inputs, and the condition row of each sample (None when unconditional). For class labels the draw is
+    torch.randint(K, ...) on the same generator, as before conditions were tables."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(num_samples, *shape, generator=gen)
-    cond = torch.randint(num_classes, (num_samples,), generator=gen) if num_classes else None
-    return noise, cond
+    if conditions is None:
+        return noise, None, None
+    cond, rows = conditions.draw(num_samples, generator=gen)
+    return noise, cond, rows
+
+
+def inputs_key(eval_cfg, shape: tuple[int, ...], conditions: Conditions | None) -> dict:
+    """What fixes the noise and conds of an evaluation (keys cached teacher samples): class tables by their size,
+    prompt sets by their embeddings' digest."""
+    key = {"num_samples": eval_cfg.num_samples, "seed": eval_cfg.seed, "shape": list(shape)}
+    if conditions is not None and conditions.prompts is not None:
+        return key | {"num_classes": None, "conditions_sha256": conditions.digest()}
+    return key | {"num_classes": None if conditions is None else len(conditions)}
+
+
+def prompt_accuracy(classifier: DomainClassifier, images: torch.Tensor, named: torch.Tensor) -> float | None:
+    """Share of images the domain classifier assigns to the class their prompt names (rows with a named class only):
+    the text-to-image analogue of a CLIP score that the shipped MNIST classifier can measure."""
+    known = named >= 0
+    if not bool(known.any()):
+        return None
+    predicted = class_probabilities(classifier, images[known.to(images.device)]).argmax(1)
+    return float((predicted == named[known].cpu()).double().mean())
 
 
 def evaluate_images(
@@ -133,11 +162,12 @@ def evaluate_images(
     eval_cfg,
     run_dir: Path,
     shape: tuple[int, ...],
-    num_classes: int | None,
+    conditions: Conditions | None,
     full_sampler: str,
     device="cpu",
 ) -> dict[str, dict]:
-    """FID of every sampler vs the reference data and vs the teacher's full sampler; metrics.json, PNGs and a grid."""
+    """FID of every sampler vs the reference data and vs the teacher's full sampler; metrics.json, PNGs and a grid.
+    With a prompt set whose prompts name classes, also each sampler's prompt accuracy."""
     extractor, extra = build_extractor(data_cfg, eval_cfg, seed=eval_cfg.seed)
     extractor.net.to(device)
     ref_images = load_images(data_cfg, eval_cfg.reference_split)[0].to(device)  # on the device once, for every use below
@@ -145,12 +175,12 @@ def evaluate_images(
         reference = published_stats(eval_cfg.reference_stats, extractor)
     else:
         reference = reference_stats(extractor, ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
-    noise, cond = draw_inputs(eval_cfg.num_samples, shape, num_classes, eval_cfg.seed)
+    noise, cond, rows = draw_indexed_inputs(eval_cfg.num_samples, shape, conditions, eval_cfg.seed)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     samples, seconds = {}, {}
-    inputs_key = {"num_samples": eval_cfg.num_samples, "seed": eval_cfg.seed, "shape": list(shape), "num_classes": num_classes}
+    key = inputs_key(eval_cfg, shape, conditions)
     for label, sample_fn in sample_fns.items():
-        x, seconds[label] = cached_sampling(sample_fn, noise, cond, eval_cfg, inputs_key, label)
+        x, seconds[label] = cached_sampling(sample_fn, noise, cond, eval_cfg, key, label)
         samples[label] = x.float().clamp(-1, 1)  # the images as saved: FID sees valid pixels, as in every FID protocol
         save_pngs(samples[label].cpu(), run_dir / "samples" / label)
     # Reference images give KID, precision/recall and the interval; published statistics give FID only.
@@ -176,6 +206,9 @@ def evaluate_images(
         metrics[label] = entry
     if isinstance(extractor.net, DomainClassifier):
         add_class_spread(metrics, extractor.net, ref_images, samples, full_sampler)
+        if conditions is not None and conditions.prompts is not None and conditions.classes is not None:
+            for label, x in samples.items():
+                metrics[label]["prompt_accuracy"] = prompt_accuracy(extractor.net, x, conditions.classes[rows])
     grid_panels = {full_sampler: samples[full_sampler], **{k: v for k, v in samples.items() if k.startswith("student")}}
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)

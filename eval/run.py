@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.harness import evaluate_toy, read_student_record, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
+from eval.harness import SampleFn, denoiser_digest, evaluate_toy, read_student_record, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
 from eval.images import evaluate_images, full_sampler_label
+from teachers.conditions import conditions_for
 from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
 from teachers.gmm import GMMDenoiser, mixture_from_lists
@@ -59,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
         teacher, student = teacher.to(device), None if student is None else student.to(device)
         images, _ = load_images(cfg.data, "test")
         for name, model in (("teacher.path", teacher), ("student_path", student)):
-            if model is not None:
+            if model is not None and not hasattr(getattr(model, "denoiser", model), "decode"):  # latents are not images
                 check_fits(images, model.shape, f"data={cfg.data.name} vs {name}")
     else:
         mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
@@ -80,7 +81,29 @@ def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mi
         sample_fns[student_label(sample_fn.nfe)] = sample_fn
     if mixture is not None:
         return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+    base = getattr(teacher, "denoiser", teacher)  # a GuidedDenoiser's own teacher: its conditions and its VAE
+    conditions = conditions_for(base, cfg.data, "test", cfg.eval.cache_dir)
+    if hasattr(base, "decode"):  # a latent teacher: every sampler's time and images include the VAE decode
+        sample_fns = {label: decoded(fn, base, cfg.eval.get("center_crop")) for label, fn in sample_fns.items()}
     return evaluate_images(
         sample_fns, data_cfg=cfg.data, eval_cfg=cfg.eval, run_dir=run_dir, shape=teacher.shape,
-        num_classes=getattr(teacher, "num_classes", None), full_sampler=full_sampler_label(list(sample_fns)), device=device,
+        conditions=conditions, full_sampler=full_sampler_label(list(sample_fns)), device=device,
     )
+
+
+def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central size x size pixels (eval.center_crop; the miniature SD pads 28 px digits to 32); None: as they are."""
+    if size is None:
+        return images
+    h, w = images.shape[-2:]
+    if size > min(h, w):
+        raise ConfigError(f"eval.center_crop={size} is larger than the decoded images ({h}x{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def decoded(sample_fn: SampleFn, teacher, crop: int | None) -> SampleFn:
+    """The sampler followed by the latent teacher's VAE decode (and eval.center_crop): it makes images."""
+    fn, key = sample_fn.fn, sample_fn.cache_key
+    cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.vae), "center_crop": crop})
+    return SampleFn(sample_fn.nfe, lambda z, c=None: center_crop(teacher.decode(fn(z, c)), crop), cache_key)

@@ -30,6 +30,14 @@ def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def student_input(denoiser, noise: torch.Tensor, sigma) -> torch.Tensor:
+    """A student's first input from noise z ~ N(0, I) at its first sigma: sigma z (DMD's G(z) = D(sigma_max z)), or
+    sqrt(1 + sigma^2) z for a denoiser with `vp_noise_input` (the latent adapter): then its network sees z itself,
+    as stock diffusers pipelines feed it at t = 999, so an exported student makes the same latents there."""
+    sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
+    return noise * ((1 + sigma**2).sqrt() if getattr(denoiser, "vp_noise_input", False) else sigma)
+
+
 def score(x0: torch.Tensor, x: torch.Tensor, sigma) -> torch.Tensor:
     """Score of the noised density from a denoiser output: (D(x) - x) / sigma^2 (EDM eq. 3)."""
     return (x0 - x) / expand_sigma(sigma, x) ** 2

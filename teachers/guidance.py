@@ -15,22 +15,24 @@ def guided_x0(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float) -> t
 class GuidedDenoiser(nn.Module):
     """D_w(x, sigma, c) = D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null)); DMD's real score with CFG.
 
-    The null class is the teacher's label-dropout class (`null_class`); both branches run as one batch.
+    The null condition is the teacher's label-dropout class (`null_class`), or for a text-to-image teacher the empty
+    prompt's embedding (`null_condition`); both branches run as one batch.
     """
 
     def __init__(self, denoiser: nn.Module, scale: float):
         super().__init__()
-        if getattr(denoiser, "null_class", None) is None:
+        self.text = getattr(denoiser, "text_conditional", False)
+        if getattr(denoiser, "null_class", None) is None and not self.text:
             raise ConfigError(
-                f"loss.guidance_scale={scale} needs a class-conditional teacher trained with a null class; "
-                "this teacher is unconditional (use loss.guidance_scale=1)"
+                f"loss.guidance_scale={scale} needs a class-conditional teacher trained with a null class, or a "
+                "text-to-image teacher; this teacher is unconditional (use loss.guidance_scale=1)"
             )
         self.denoiser, self.scale = denoiser, float(scale)
-        for name in ("sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class"):
-            setattr(self, name, getattr(denoiser, name))
+        for name in ("sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class", "text_conditional"):
+            setattr(self, name, getattr(denoiser, name, False if name == "text_conditional" else None))
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        null = torch.full_like(cond, self.null_class)
+        null = self.denoiser.null_condition(cond) if self.text else torch.full_like(cond, self.null_class)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         x0 = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
         x0_cond, x0_uncond = x0.chunk(2)

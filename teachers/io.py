@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
+from teachers.latent import LatentDenoiser, check_pipeline_folder, is_text_pipeline
 from teachers.mlp import MLPDenoiser
 from teachers.unet import UNetDenoiser
 
@@ -78,8 +79,11 @@ FOLDER_HINTS = {  # what to do about a bad model folder
 
 
 def check_teacher_folder(path: Path, key: str = "teacher.path") -> None:
-    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/.
-    key names the setting that gave the path (an exported student has the same layout)."""
+    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/;
+    a Stable Diffusion pipeline, every component. key names the setting that gave the path (an exported student has
+    the same layout)."""
+    if is_text_pipeline(path):
+        check_pipeline_folder(path, key)
     model_dir = path / "unet" if is_pipeline(path) else path
     has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
     expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
@@ -99,8 +103,11 @@ def read_model_config(path: Path) -> dict:
         raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
 
 
-def load_model(path: Path):
-    """The MLP denoiser of a model folder, or the UNet adapter of a pipeline folder."""
+def load_model(path: Path, dtype: str | None = None):
+    """The MLP denoiser of a model folder, the UNet adapter of a pipeline folder, or the latent adapter of a Stable
+    Diffusion pipeline folder."""
+    if is_text_pipeline(path):
+        return LatentDenoiser.from_pretrained(path, dtype=torch_dtype(dtype))
     if is_pipeline(path):
         read_model_config(path / "unet")
         return UNetDenoiser.from_pretrained(path)
@@ -117,19 +124,34 @@ def is_hub_id(path: str | Path) -> bool:
     return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
 
 
-def load_denoiser(path: str | Path, key: str = "teacher.path"):
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """teacher.dtype as a torch dtype (None: as stored)."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"teacher.dtype={name}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_denoiser(path: str | Path, key: str = "teacher.path", kind: str | None = None, dtype: str | None = None):
     """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only.
 
-    A string that is not a local folder but looks like `owner/name` is a hub id (network needed). key names the
-    setting that gave the path, in errors."""
+    A string that is not a local folder but looks like `owner/name` is a hub id (network needed; `kind` says which
+    adapter, sd or unet). key names the setting that gave the path, in errors; dtype (teacher.dtype) the precision
+    of a Stable Diffusion teacher's frozen parts."""
     if is_hub_id(path):
+        if kind == "sd":
+            return LatentDenoiser.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval().requires_grad_(False)
         return UNetDenoiser.from_pretrained(str(path)).eval().requires_grad_(False)
     path = Path(path)
     check_teacher_folder(path, key)
     if not is_pipeline(path):
         read_model_config(path)
     try:
-        model = load_model(path)
+        model = load_model(path, dtype)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (diffusers and safetensors raise many kinds; all mean "unreadable")

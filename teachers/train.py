@@ -1,6 +1,7 @@
 """Train a small teacher with the EDM loss: `python -m teachers.train [hydra overrides]`."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,7 +154,12 @@ def run(cfg: DictConfig) -> Path:
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
         raise ConfigError(f"train.max_steps={steps}; it must be an integer >= 1")
     torch.use_deterministic_algorithms(bool(cfg.deterministic))
-    if cfg.data.get("kind", "toy") == "image":
+    report = None
+    if cfg.teacher.get("kind") == "sd":
+        from teachers.mini_sd import train_mini_sd
+
+        model, report = train_mini_sd(cfg.data, cfg.teacher, seed=cfg.seed, max_steps=steps)
+    elif cfg.data.get("kind", "toy") == "image":
         model = train_image_teacher(cfg.data, cfg.teacher, seed=cfg.seed, max_steps=steps)
     else:
         mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
@@ -162,6 +168,8 @@ def run(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     out = save_pretrained_atomic(model, run_dir / "teacher")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if report is not None:
+        (out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"teacher saved to {out}")
     return out
 

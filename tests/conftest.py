@@ -53,3 +53,36 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+TINY_SD_NET = {
+    "vae": {"block_out_channels": [8, 8, 8], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4},
+    "text": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_length": 12},
+    "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
+}
+
+
+def tiny_sd_denoiser(prediction_type: str = "epsilon", seed: int = 0):
+    """A random Stable Diffusion pipeline of the miniature's structure (CLIP tokenizer learned from the MNIST captions,
+    CLIPTextModel, AutoencoderKL to 4x8x8 latents, UNet2DConditionModel, PNDM on the scaled-linear schedule), as the
+    latent adapter."""
+    from teachers.latent import LatentDenoiser
+    from teachers.mini_sd import all_captions, build_components, build_tokenizer
+
+    scheduler = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "prediction_type": prediction_type}
+    tokenizer = build_tokenizer(all_captions(), TINY_SD_NET["text"]["max_length"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae, text_encoder, unet, sched = build_components(tokenizer, **TINY_SD_NET, scheduler=scheduler)
+    vae.register_to_config(scaling_factor=0.5)
+    return LatentDenoiser(unet.eval(), sched, vae.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False),
+                          tokenizer).requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A saved tiny random Stable Diffusion pipeline folder (eps prediction)."""
+    path = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
+    tiny_sd_denoiser().save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ from PIL import Image
 from eval.cache import write_key
 from eval.fid import cached_stats, stats_of
 from eval.images import domain_extractor, reference_stats
+from teachers.conditions import class_conditions
 from teachers.data import load_images
 from teachers.errors import ConfigError
 
@@ -137,7 +138,7 @@ def test_the_shipped_mnist_cond_samples_are_its_teachers_heun_samples():
     (entry,) = [p for p in SHIPPED_SAMPLES.iterdir() if json.loads((p / "key.json").read_text())["num_classes"] == 10]
     key = json.loads((entry / "key.json").read_text())
     assert key["teacher_sha256"] == denoiser_digest(teacher) and entry.name.endswith(key_digest(key)[:16])
-    noise, cond = draw_inputs(key["num_samples"], tuple(key["shape"]), key["num_classes"], key["seed"])
+    noise, cond = draw_inputs(key["num_samples"], tuple(key["shape"]), class_conditions(key["num_classes"]), key["seed"])
     (label, fn), = teacher_sample_fns(teacher, [{"name": key["sampler"], "num_steps": key["num_steps"]}]).items()
     assert entry.name.startswith(label)
     with torch.no_grad():

@@ -5,15 +5,16 @@ import torch
 from conftest import tiny_unet_denoiser
 
 from distill.pairs import generate_pairs, load_pairs, shard_dir
+from teachers.conditions import class_conditions
 
 SETTINGS = {"num_pairs": 10, "sampler": "euler", "num_steps": 2, "batch_size": 4, "seed": 3, "progress": False}
 
 
 def test_split_across_processes_equals_one_process(tmp_path):
     teacher = tiny_unet_denoiser(num_classes=3)
-    generate_pairs(teacher, tmp_path / "one", **SETTINGS, num_classes=3)
+    generate_pairs(teacher, tmp_path / "one", **SETTINGS, conditions=class_conditions(3))
     for rank in (1, 0):
-        generate_pairs(teacher, tmp_path / "two", **SETTINGS, num_classes=3, rank=rank, world_size=2)
+        generate_pairs(teacher, tmp_path / "two", **SETTINGS, conditions=class_conditions(3), rank=rank, world_size=2)
     one, two = load_pairs(tmp_path / "one", 10), load_pairs(tmp_path / "two", 10)
     assert len(one) == 3 and one[0].shape == (10, 1, 8, 8) and one[2].shape == (10,)
     for a, b in zip(one, two):  # a replay: each shard is the same batch from the same seed, whichever process makes it
