@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from distill.checkpoint import CorruptCheckpoint, verify
@@ -18,6 +19,7 @@ from teachers.zoo import resolve_model_path
 from teachers.train import check_teacher_config
 
 REAL_SCORES = ("network", "analytic")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 REGRESSION_DISTANCES = ("l2", "pseudo_huber")
 
 
@@ -156,11 +158,34 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
         _is_int(train.max_consecutive_skips) and train.max_consecutive_skips >= 1,
         f"train.max_consecutive_skips={train.max_consecutive_skips}; it must be an integer >= 1",
     )
+    precision = train.get("mixed_precision", "no")
+    _require(precision in MIXED_PRECISIONS, f"train.mixed_precision={precision}; allowed: {', '.join(MIXED_PRECISIONS)}")
+    _require(precision != "fp16" or torch.cuda.is_available(),
+             "train.mixed_precision=fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or no")
+    _require(isinstance(train.get("gradient_checkpointing", False), bool),
+             f"train.gradient_checkpointing={train.get('gradient_checkpointing')}; use true or false")
+    for key in ("resume_from", "init_from"):
+        if train.get(key) is not None:
+            try:
+                verify(Path(train[key]))
+            except CorruptCheckpoint as err:
+                raise ConfigError(f"train.{key}={train[key]} cannot be loaded: {err}") from None
     if train.resume_from is not None:
         try:
             verify(Path(train.resume_from))
         except CorruptCheckpoint as err:
             raise ConfigError(f"train.resume_from={train.resume_from} cannot be resumed: {err}") from None
+
+
+def check_lora(lora: DictConfig | None) -> None:
+    """lora.rank null (full weights) or an integer >= 1, with alpha > 0 and at least one target."""
+    if lora is None or lora.rank is None:
+        return
+    _require(_is_int(lora.rank) and lora.rank >= 1, f"lora.rank={lora.rank}; use null (full weights) or an integer >= 1")
+    _require(_is_number(lora.alpha) and lora.alpha > 0, f"lora.alpha={lora.alpha}; it must be a number > 0")
+    _require(len(lora.targets) > 0 and all(isinstance(t, str) for t in lora.targets),
+             f"lora.targets={list(lora.targets)}; name at least one layer (e.g. to_q, to_k, to_v, to_out.0)")
+    _require(isinstance(lora.fake_score, bool), f"lora.fake_score={lora.fake_score}; use true or false")
 
 
 def check_optim(optim: DictConfig) -> None:
@@ -211,5 +236,6 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask | TextImageTask:
     check_train(cfg.train, cfg.student)
     check_step_sigma(cfg.loss, cfg.student)
     check_optim(cfg.optim)
+    check_lora(cfg.get("lora"))
     check_eval(cfg.eval, kind)
     return task

@@ -14,6 +14,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 
 from distill.card import CARD_FILE, CONFIG_FILE, GRID_FILE, model_card, read_metrics, sample_grid, student_scheduler, teacher_license
+from distill.lora import add_lora, fuse_lora, has_lora, lora_state_dict, save_lora_weights
 from distill.checkpoint import COMPLETE_MARKER, CorruptCheckpoint, STEP_DIR, latest_loadable, load_checkpoint
 from distill.tasks import teacher_path
 from eval.harness import STUDENT_FILE
@@ -51,6 +52,10 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
     `record` (student_record) in student.json, and for image students the sample grid, the run's config and the
     model card. A folder already at `path` stays whole until the new one replaces it."""
     model = student_weights(student, ema)
+    lora = None
+    if has_lora(model):  # written twice: fused into the pipeline, and as LoRA weights for the teacher's pipeline
+        lora = lora_state_dict(model)
+        fuse_lora(model)
     scheduler, _, _ = student_scheduler(model, record["sigmas"])
     config = _run_config_or_none(run_dir)
 
@@ -59,6 +64,8 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             model.save_pretrained(tmp, safe_serialization=True, scheduler=scheduler)
+        if lora is not None and getattr(model, "text_conditional", False):
+            save_lora_weights(tmp, lora)
         (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
         if scheduler is not None:
             teacher = _teacher_or_none(record, config, run_dir)
@@ -136,6 +143,8 @@ def student_from_checkpoint(checkpoint: Path, use_ema: bool = True) -> tuple[tor
     run_dir = checkpoint.parent.parent
     cfg = run_config(run_dir)
     student = load_denoiser(teacher_path(cfg, run_dir))
+    if cfg.get("lora") is not None and cfg.lora.rank is not None:
+        add_lora(student, cfg.lora)
     student.load_state_dict(tensors["student"])
     if use_ema and "ema" in tensors:  # EMAModel's shadow params, in student.parameters() order (TrainState)
         for i, param in enumerate(student.parameters()):
@@ -190,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="the export folder (default: <run dir>/exports/step-N)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="the EMA weights (default) or, with --no-ema, the raw ones")
     parser.add_argument("--overwrite", action="store_true", help="replace an --out folder that is not an export")
-    parser.add_argument("--lora", action="store_true", help="export LoRA weights (LoRA students only)")
+    parser.add_argument("--lora", action="store_true", help="check that the run is a LoRA run (its export always holds pytorch_lora_weights.safetensors beside the fused pipeline)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the export (needs your token and network)")
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files it would upload, upload nothing")
     return parser.parse_args(argv)
@@ -200,9 +209,9 @@ def main(argv: list[str] | None = None) -> Path:
     """Console entry point (`distill-export`); bad input is one `error:` line and exit 2, nothing written."""
     args = parse_args(argv)
     try:
-        if args.lora:
-            raise ConfigError("--lora: this student has full weights (LoRA students come from a teacher with LoRA layers); export it without --lora")
         checkpoint = resolve_checkpoint(Path(args.target))
+        if args.lora and run_config(checkpoint.parent.parent).get("lora", {}).get("rank") is None:
+            raise ConfigError("--lora: this student has full weights (LoRA students come from runs with lora.rank set); export it without --lora")
         out = Path(args.out) if args.out else checkpoint.parent.parent / "exports" / checkpoint.name
         if out.exists() and not (out / STUDENT_FILE).is_file() and not args.overwrite:
             raise ConfigError(f"--out {out} exists and is not an exported student; pass --overwrite to replace it")

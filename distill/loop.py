@@ -19,6 +19,7 @@ from distill.export import export_student, record_prompts, student_record, write
 from distill.fake_score import build_step_embedding
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
+from distill.lora import add_lora
 from distill.noise import sample_dmd_sigma
 from distill.pairs import generate_pairs, load_pairs
 from distill.schedule import budget_progress, lr_factor, set_lr_factor
@@ -35,15 +36,16 @@ from teachers.io import load_denoiser
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(run_dir: Path, deterministic: bool) -> Accelerator:
-    """Accelerate with tensorboard logging into <run_dir>/tensorboard."""
+def make_accelerator(run_dir: Path, deterministic: bool, mixed_precision: str = "no") -> Accelerator:
+    """Accelerate with tensorboard logging into <run_dir>/tensorboard; mixed_precision (train.mixed_precision: no,
+    bf16, fp16) autocasts the student's and fake score's forwards."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
     # cpu=True where there is no GPU: accelerate only forms a multi-process CPU group when told so.
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_config=project)
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_config=project, mixed_precision=mixed_precision)
 
 
 def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerator, conditions: Conditions | None):
@@ -73,16 +75,25 @@ def uses_gan(loss: DictConfig) -> bool:
     return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
 
 
-def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0, fake_steps: int = 1) -> TrainState:
-    """Student and fake score as trainable copies of the teacher, the GAN head on the fake score's bottleneck
+def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0, fake_steps: int = 1,
+                lora: DictConfig | None = None, gradient_checkpointing: bool = False) -> TrainState:
+    """Student and fake score as trainable copies of the teacher (with LoRA layers when lora.rank is set: the student's,
+    and the fake score's with lora.fake_score), the GAN head on the fake score's bottleneck
     (DMD2), the fake score's step embedding when fake_steps > 1 (loss.step_aware_fake_score), their optimizers (head
     and step embedding train with the fake score, as the head does in DMD2), the student EMA."""
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
+    if lora is not None and lora.rank is not None:
+        add_lora(student, lora)
+        if lora.fake_score:
+            add_lora(fake, lora)
+    if gradient_checkpointing:
+        for network in (student, fake):
+            enable_gradient_checkpointing(network)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
         head = build_head(fake).train() if gan else None
     steps = build_step_embedding(fake, fake_steps).train() if fake_steps > 1 else None
-    fake_groups = [{"params": list(fake.parameters())}]
+    fake_groups = [{"params": trainable(fake)}]
     if head is not None:
         fake_groups.append({"params": list(head.parameters()), "lr": optim.gan_head_lr})
     if steps is not None:  # the last group: a warm start from a run without it appends it (state.with_new_groups)
@@ -90,12 +101,25 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
     return TrainState(
         student=student,
         fake_score=fake,
-        student_optimizer=make_optimizer(student.parameters(), optim.student_lr, optim),
+        student_optimizer=make_optimizer(trainable(student), optim.student_lr, optim),
         fake_optimizer=make_optimizer(fake_groups, optim.fake_lr, optim),
-        ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,
+        ema=EMAModel(student.parameters(), decay=ema_decay) if ema_decay is not None else None,  # frozen ones stay as they are
         gan_head=head,
         step_embedding=steps,
     )
+
+
+def trainable(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer updates: all of a full network, the adapters of a LoRA one."""
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def enable_gradient_checkpointing(network: torch.nn.Module) -> None:
+    """train.gradient_checkpointing: recompute the UNet's activations in backward (memory for time)."""
+    unet = getattr(network, "unet", None)
+    if unet is None or not getattr(unet, "_supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing=true needs a diffusers UNet; {type(network).__name__} has none (set it to false)")
+    unet.enable_gradient_checkpointing()
 
 
 def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, train: DictConfig, counters: Counters) -> float:
@@ -272,7 +296,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     task = validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(run_dir, cfg.deterministic)
+    accelerator = make_accelerator(run_dir, cfg.deterministic, cfg.train.get("mixed_precision", "no"))
     device, main = accelerator.device, accelerator.is_main_process
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -285,11 +309,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     if guided:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
-    state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps)  # fails early
+    state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps,
+                        lora=cfg.get("lora"), gradient_checkpointing=cfg.train.get("gradient_checkpointing", False))  # fails early
     pairs = setup_pairs(cfg, real, run_dir, accelerator, conditions)  # ODE pairs of the real score the student matches (guided, or exact)
     real_data = task.real_data(cfg, teacher, device) if uses_gan(cfg.loss) else None
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
+    if counters.step == 0 and cfg.train.get("init_from"):  # a new stage (DMD2's GAN stage) from an earlier run's networks
+        state.init_from(*load_checkpoint(Path(cfg.train.init_from), check_hashes=False))
     plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
     critic = Critic(state.fake_score, state.gan_head, state.step_embedding)
     generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)

@@ -95,6 +95,22 @@ class TrainState:
             warnings.warn(f"the checkpoint has no RNG state for process {rank} (another process count?); keeping the seeded RNG", stacklevel=2)
         return Counters(**state["counters"])
 
+    def init_from(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
+        """Start a new stage from an earlier run's checkpoint (train.init_from): the student from its EMA weights when
+        it has them, the fake score (and GAN head, step embedding) as saved; optimizers, counters and the EMA fresh
+        (a head or step embedding the checkpoint lacks starts as built)."""
+        self.student.load_state_dict(tensors["student"])
+        if "ema" in tensors:  # EMAModel's shadow params, in student.parameters() order
+            for i, param in enumerate(self.student.parameters()):
+                param.data.copy_(tensors["ema"][str(i)])
+        self.fake_score.load_state_dict(tensors["fake_score"])
+        if self.gan_head is not None and "gan_head" in tensors:
+            self.gan_head.load_state_dict(tensors["gan_head"])
+        if self.step_embedding is not None and "step_embedding" in tensors:
+            self.step_embedding.load_state_dict(tensors["step_embedding"])
+        if self.ema is not None:
+            self.ema.shadow_params = [p.detach().clone() for p in self.student.parameters()]
+
     def restore_step_embedding(self, tensors: dict[str, dict[str, torch.Tensor]]) -> bool:
         """Load the step embedding; True when the checkpoint has none (a warm start from a run without it: it stays
         zero, so the fake score goes on unchanged, and its optimizer group starts fresh)."""

@@ -14,6 +14,7 @@ from eval.features import (
     INCEPTION_FILES, DomainClassifier, InceptionCleanFID, InceptionTorchmetrics, class_probabilities, class_spread,
     class_total_variation, extract, find_inception, load_or_train_classifier,
 )
+from eval.clip import clip_score
 from eval.cache import check_key, key_digest, tensor_digest, write_key
 from eval.fid import Stats, cached_stats, fid, fid_torchmetrics, stats_of
 from eval.harness import SampleFn, timed_sampling, write_metrics
@@ -209,6 +210,10 @@ def evaluate_images(
         if conditions is not None and conditions.prompts is not None and conditions.classes is not None:
             for label, x in samples.items():
                 metrics[label]["prompt_accuracy"] = prompt_accuracy(extractor.net, x, conditions.classes[rows])
+    if conditions is not None and conditions.prompts is not None and eval_cfg.get("clip_model_path"):
+        prompts = [conditions.prompts[i] for i in rows.tolist()]
+        for label, x in tqdm(samples.items(), desc="CLIP score", mininterval=2):
+            metrics[label]["clip_score"] = clip_score(x, prompts, eval_cfg.clip_model_path)
     grid_panels = {full_sampler: samples[full_sampler], **{k: v for k, v in samples.items() if k.startswith("student")}}
     save_comparison_grid({k: v.cpu() for k, v in grid_panels.items()}, run_dir / "grids" / "teacher_student.png")
     write_metrics(run_dir, metrics)

@@ -154,3 +154,38 @@ def test_class_tables_draw_as_randint_and_text_tables_draw_rows():
     text = Conditions(torch.randn(3, 2, 4), prompts=["a", "b", "c"])
     cond, rows = text.draw(16, generator=torch.Generator().manual_seed(0))
     assert torch.equal(cond, text.table[rows])
+
+
+def tiny_clip_folder(path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from teachers.mini_sd import all_captions, build_tokenizer
+
+    tokenizer = build_tokenizer(all_captions(), 16)
+    vocab = tokenizer.get_vocab()
+    text = {"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "max_position_embeddings": 16, "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"]}
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(path)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_clip_score_from_a_local_folder_and_a_clear_error_without_one(tmp_path):
+    from eval.clip import clip_pair_scores, clip_score, load_clip
+
+    folder = tiny_clip_folder(tmp_path / "clip")
+    images = torch.rand(6, 1, 28, 28) * 2 - 1
+    prompts = ["a handwritten seven", "the digit 3", "number five"] * 2
+    model, processor = load_clip(folder)
+    pairs = clip_pair_scores(images, prompts, model, processor, batch_size=4)
+    assert pairs.shape == (6,) and bool((pairs.abs() <= 100).all())
+    torch.testing.assert_close(pairs, clip_pair_scores(images, prompts, model, processor, batch_size=6), atol=1e-4, rtol=0)
+    assert not torch.allclose(pairs, clip_pair_scores(images, prompts[::-1], model, processor), atol=1e-3)  # the pairing matters
+    assert clip_score(images, prompts, folder) == pytest.approx(float(pairs.clamp(min=0).mean()), abs=1e-4)
+    with pytest.raises(ConfigError, match="config.json is missing"):
+        (folder / "config.json").unlink()
+        clip_score(images, prompts, folder)

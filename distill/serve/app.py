@@ -66,7 +66,7 @@ class Preview:
         """In the worker thread: one forward for every image of the batch, then each job's own grid as a PNG."""
         model, start = self.model, time.perf_counter()
         seeds = [seed for job in jobs for seed in job.seeds]
-        labels = None if model.num_classes is None else [label for job in jobs for label in job.labels]
+        labels = None if model.num_classes is None and not model.text_to_image else [label for job in jobs for label in job.labels]
         images = model.generate(seeds, labels)
         model_ms, out, first = (time.perf_counter() - start) * 1000, [], 0
         for job in jobs:
@@ -83,9 +83,10 @@ class Preview:
 
     def submit(self, request: GenerateRequest, client: str) -> Job:
         """Check a parsed request against the served student and queue it (RequestError 422, QueueFull)."""
-        check_request(request, self.settings.limits, self.model.num_classes)
+        check_request(request, self.settings.limits, self.model.num_classes, self.model.text_to_image)
         seeds = [request.seed + i for i in range(request.num_images)]
-        labels = None if request.label is None else [request.label] * request.num_images
+        label = (request.prompt or "") if self.model.text_to_image else request.label  # a text student's "label" is its prompt
+        labels = None if label is None else [label] * request.num_images
         return self.batcher.submit(seeds, labels, client)
 
     def allow(self, client: str) -> bool:
@@ -100,7 +101,7 @@ class Preview:
         return {
             "status": "ok", "student": self.source.spec, "kind": self.source.kind, "version": model.student.version,
             "device": str(model.device), "nfe": model.nfe, "shape": list(model.shape), "num_classes": model.num_classes,
-            "text_to_image": False, "queue_depth": self.batcher.depth, "batches": self.batcher.batches,
+            "text_to_image": model.text_to_image, "queue_depth": self.batcher.depth, "batches": self.batcher.batches,
             "max_images": self.settings.limits.max_images, "max_batch": self.settings.max_batch,
         }
 

@@ -77,6 +77,12 @@ def check_request(request: GenerateRequest, limits: Limits, num_classes: int | N
     if not text_to_image and (request.prompt is not None or request.negative_prompt is not None):
         kind = f"class-conditional (label 0..{num_classes - 1})" if num_classes else "unconditional"
         raise RequestError(422, f"prompt: this student is {kind} and takes no prompt or negative_prompt")
+    if text_to_image and request.negative_prompt is not None:
+        raise RequestError(422, "negative_prompt: this student's guidance is distilled in (one pass, no unconditional branch); send none")
+    if text_to_image and request.label is not None:
+        raise RequestError(422, f"label: {request.label}; this student is text-to-image, send a prompt instead")
+    if text_to_image:
+        return
     if num_classes is None and request.label is not None:
         raise RequestError(422, f"label: {request.label}; this student is unconditional, send none")
     if num_classes is not None and (request.label is None or not 0 <= request.label < num_classes):

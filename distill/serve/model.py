@@ -1,4 +1,5 @@
-"""The preview model: images from (seed, label) requests, each image a function of its own seed and label only."""
+"""The preview model: images from (seed, label or prompt) requests, each image a function of its own seed and label
+(or prompt) only."""
 from __future__ import annotations
 
 import io
@@ -10,6 +11,8 @@ from PIL import Image
 
 from distill.serve.source import LoadedStudent
 from eval.samplers import multistep_student, one_step
+
+PROMPT_CACHE = 1024  # text embeddings kept per served student
 
 
 def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -58,7 +61,7 @@ class PreviewModel:
 
     def warm_up(self, max_batch: int) -> None:
         """One batch of 1 and one of max_batch, so the first user pays for no allocation or compilation."""
-        labels = (lambda n: None) if self.num_classes is None else (lambda n: [0] * n)
+        labels = (lambda n: [""] * n) if self.text_to_image else (lambda n: None) if self.num_classes is None else (lambda n: [0] * n)
         for n in sorted({1, max_batch}):
             self.generate(list(range(n)), labels(n))
 
@@ -71,21 +74,39 @@ class PreviewModel:
         return getattr(self.denoiser, "num_classes", None)
 
     @property
+    def text_to_image(self) -> bool:
+        return getattr(self.denoiser, "text_conditional", False)
+
+    @property
     def nfe(self) -> int:
         return len(self.student.sigmas)
 
+    def prompt_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Each prompt's text embedding, encoded alone (so it does not depend on the batch) and kept for reuse."""
+        cache = self.__dict__.setdefault("_embeddings", {})
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in cache:
+                if len(cache) >= PROMPT_CACHE:
+                    cache.clear()
+                cache[prompt] = self.denoiser.encode_condition([prompt])[0]
+        return torch.stack([cache[p] for p in prompts]).to(self.device)
+
     @torch.no_grad()
-    def generate(self, seeds: list[int], labels: list[int] | None) -> np.ndarray:
-        """NHWC uint8 images, one per seed (and label); one forward per student step for the whole batch."""
+    def generate(self, seeds: list[int], labels: list | None) -> np.ndarray:
+        """NHWC uint8 images, one per seed (and label, or prompt for a text-to-image student, whose latents its VAE
+        decodes); one forward per student step for the whole batch."""
         z, generators = seeded_noise(seeds, self.shape)
         z = z.to(self.device)
-        cond = None if labels is None else torch.tensor(labels, dtype=torch.long, device=self.device)
+        if self.text_to_image:
+            cond = self.prompt_embeddings([str(p) for p in labels])
+        else:
+            cond = None if labels is None else torch.tensor(labels, dtype=torch.long, device=self.device)
         if self.nfe == 1:
             x = one_step(self.forward, z, self.sigmas, cond)
         else:  # DMD2's k-step sampler, its fresh noise drawn per image from the image's own generator
             noise_like = lambda x0: seeded_draw(generators, x0)  # noqa: E731
             x = multistep_student(self.forward, z, self.sigmas, cond, noise_like=noise_like)
-        return to_uint8(x)
+        return to_uint8(self.denoiser.decode(x) if self.text_to_image else x)
 
 
 def seeded_draw(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
