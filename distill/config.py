@@ -13,8 +13,8 @@ from eval.samplers import SAMPLERS
 from teachers.base import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
-from teachers.io import check_teacher_folder, is_hub_id, read_model_config, torch_dtype
-from teachers.latent import is_text_pipeline
+from teachers.io import check_teacher_folder, is_hub_id, read_model_config
+from teachers.latent import check_config as check_sd_config, is_text_pipeline
 from teachers.zoo import resolve_model_path
 from teachers.train import check_teacher_config
 
@@ -68,11 +68,7 @@ def check_image_teacher(teacher: DictConfig, data: DictConfig) -> None:
     _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet or teacher=sd")
     text = data.get("prompts") is not None
     if kind == "sd":
-        _require(text, f"teacher=sd is text-to-image but data={data.name} has no prompts; use data=mnist_sd, data=prompts "
-                       "or set data.prompts")
-        _require(teacher.path is not None, "teacher=sd needs teacher.path (a Stable Diffusion pipeline folder, zoo:mnist_sd "
-                                           "or a hub id); train the miniature one with `python -m teachers.train data=mnist teacher=sd_mini`")
-        torch_dtype(teacher.get("dtype"))
+        check_sd_config(teacher, data)  # the SD adapter checks its own settings
     else:
         _require(not text, f"data.prompts is set (data={data.name}) but teacher=unet takes class labels, not prompts; "
                            "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")

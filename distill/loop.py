@@ -27,7 +27,7 @@ from distill.tasks import PLOT_SAMPLES
 from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
-from distill.steps import fake_step, scalars, student_step
+from distill.steps import Batch, FakeLoss, Networks, StudentLoss, fake_step, scalars, student_step
 from teachers.conditions import Conditions
 from teachers.errors import ConfigError, TrainingStopped
 from teachers.guidance import GuidedDenoiser
@@ -188,6 +188,21 @@ class StepContext:
     recent: tuple | None = None  # the last student update's samples, labels and steps (None: one step)
 
 
+    @property
+    def networks(self) -> Networks:
+        return Networks(self.accelerator, self.generator, self.fake_score, self.real, self.critic)
+
+    @property
+    def fake_loss(self) -> FakeLoss:
+        loss = self.loss
+        return FakeLoss(self.sigma_data, loss.fake_weight, loss.gan_discriminator_weight, self.fake_weighting, self.train.grad_clip)
+
+    @property
+    def student_loss(self) -> StudentLoss:
+        loss = self.loss
+        return StudentLoss(loss.dmd_weight, loss.regression_weight, loss.regression_distance, loss.pseudo_huber_c,
+                           loss.gan_generator_weight, self.train.grad_clip)
+
     def draw_z(self, n: int) -> torch.Tensor:
         return torch.randn(n, *self.shape, device=self.accelerator.device)
 
@@ -230,25 +245,15 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             x, cond, steps = ctx.recent if reuse else (None, None, ctx.draw_steps(n))
             sigma = ctx.sample_sigma(n, steps, "fake_sigma")
             cond = cond if reuse else ctx.draw_cond(n)  # after sigma: a one-step run's random stream as before
-            logs |= fake_step(
-                accelerator=ctx.accelerator, generator=ctx.generator, fake_score=ctx.fake_score, optimizer=ctx.fake_optimizer,
-                z=z, sigma=sigma, sigma_data=ctx.sigma_data,
-                fake_weight=loss.fake_weight, grad_clip=train.grad_clip, cond=cond,
-                real_batch=random_batch(ctx.real_data, n, ctx.accelerator.device), gan_sigma=ctx.sample_gan_sigma(2 * n),
-                gan_weight=loss.gan_discriminator_weight, x=x, step=steps, gan_mask=ctx.gan_mask(steps), weighting=ctx.fake_weighting,
-            )
+            real_batch = random_batch(ctx.real_data, n, ctx.accelerator.device)  # before the GAN sigma: the random stream as before
+            batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(2 * n))
+            logs |= fake_step(ctx.networks, ctx.fake_optimizer, batch, sigma, ctx.fake_loss, real_batch, x)
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
     batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
     z, cond, steps = ctx.draw_z(n), ctx.draw_cond(n), ctx.draw_steps(n)
-    student_logs, x = student_step(
-        accelerator=ctx.accelerator, generator=ctx.generator, real=ctx.real, fake_score=ctx.fake_score,
-        optimizer=ctx.student_optimizer, z=z, sample_sigma=ctx.sample_sigma, pairs=batch_pairs,
-        dmd_weight=ctx.loss.dmd_weight, regression_weight=ctx.loss.regression_weight,
-        regression_distance=ctx.loss.regression_distance, pseudo_huber_c=ctx.loss.pseudo_huber_c, grad_clip=train.grad_clip,
-        cond=cond, critic=ctx.critic, gan_sigma=ctx.sample_gan_sigma(n),
-        gan_weight=loss.gan_generator_weight, step=steps, gan_mask=ctx.gan_mask(steps),
-    )
+    batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(n))
+    student_logs, x = student_step(ctx.networks, ctx.student_optimizer, batch, ctx.sample_sigma, batch_pairs, ctx.student_loss)
     logs |= student_logs
     ctx.recent = (x, cond, steps) if train.reuse_student_samples else None
     guard.record("student", logs["skipped/student"] > 0, step)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -57,36 +58,75 @@ def dmd_grad_at(x: torch.Tensor, real, fake_score, sigma: torch.Tensor, cond=Non
     return dmd_gradient(x, x0_real, x0_fake)
 
 
+@dataclass(frozen=True)
+class Networks:
+    """What the steps run: the (prepared) student generator G, the (prepared) Critic (D_fake and, with the GAN, its
+    head), D_real, and the Critic unwrapped for the student's GAN loss (no DDP hooks)."""
+
+    accelerator: Accelerator
+    generator: torch.nn.Module
+    fake_score: torch.nn.Module
+    real: object = None
+    critic: torch.nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One update's draws: noise z (B, *shape), conds (B, ...) or None, each sample's student step (k-step students)
+    or None, the GAN's sample mask (loss.gan_last_step_only) or None, and the GAN's noise levels."""
+
+    z: torch.Tensor
+    cond: torch.Tensor | None = None
+    step: torch.Tensor | None = None
+    gan_mask: torch.Tensor | None = None
+    gan_sigma: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FakeLoss:
+    """The fake score's loss settings: its denoising loss (weighting = loss.fake_score_weighting, resolved) and the
+    GAN classifier's weight (loss.gan_discriminator_weight)."""
+
+    sigma_data: float = 1.0
+    fake_weight: float = 1.0
+    gan_weight: float = 0.0
+    weighting: str = "edm"
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class StudentLoss:
+    """The student's loss settings: DMD, regression on teacher pairs, and the GAN generator's weight."""
+
+    dmd_weight: float = 1.0
+    regression_weight: float = 0.0
+    regression_distance: str = "l2"
+    pseudo_huber_c: float = 0.03
+    gan_weight: float = 0.0
+    grad_clip: float | None = None
+
+
 def fake_step(
-    *,
-    accelerator: Accelerator,
-    generator,
-    fake_score,
+    nets: Networks,
     optimizer,
-    z: torch.Tensor,
+    batch: Batch,
     sigma: torch.Tensor,
-    sigma_data: float,
-    fake_weight: float,
-    grad_clip: float | None,
-    cond: torch.Tensor | None = None,
+    loss: FakeLoss,
     real_batch: tuple[torch.Tensor, ...] | None = None,
-    gan_sigma: torch.Tensor | None = None,
-    gan_weight: float = 0.0,
     x: torch.Tensor | None = None,
-    step: torch.Tensor | None = None,
-    gan_mask: torch.Tensor | None = None,
-    weighting: str = "edm",
 ) -> dict[str, torch.Tensor | float]:
-    """Train D_fake (a Critic) to denoise student samples (of the same class labels, when conditional), weighted by
-    `weighting` (loss.fake_score_weighting, resolved): x when given (the last
+    """Train D_fake (a Critic) to denoise student samples (of the same conds, when conditional), weighted by
+    loss.weighting: x when given (the last
     student update's samples of z, as DMD2's guidance turn reuses its generator turn's), else G(z, cond) drawn now
     (a k-step student's at `step`, per sample).
 
-    With DMD2's GAN (gan_weight > 0, the Critic with a head): the same forward also classifies student samples
-    and real images (x_real[, labels]), noised to gan_sigma (2B: student then real; their forward stops at the
-    bottleneck); the classifier loss trains the head and the fake score's backbone. gan_mask (B,) picks the student
-    samples the classifier sees (loss.gan_last_step_only); None: all. A step-aware critic reads each sample's step,
-    and the real images' (steps_for_real)."""
+    With DMD2's GAN (loss.gan_weight > 0, the Critic with a head): the same forward also classifies student samples
+    and real images (x_real[, conds]), noised to batch.gan_sigma (2B: student then real; their forward stops at the
+    bottleneck); the classifier loss trains the head and the fake score's backbone. batch.gan_mask (B,) picks the
+    student samples the classifier sees (loss.gan_last_step_only); None: all. A step-aware critic reads each sample's
+    step, and the real images' (steps_for_real)."""
+    generator, fake_score, z, cond, step = nets.generator, nets.fake_score, batch.z, batch.cond, batch.step
+    gan_weight, gan_sigma, gan_mask = loss.gan_weight, batch.gan_sigma, batch.gan_mask
     if x is None:
         with torch.no_grad():
             x = generator(z, cond, step)
@@ -109,42 +149,32 @@ def fake_step(
         logs["gan/fake_accuracy"] = batch_mean((logits_fake < 0).float()).detach()
     else:
         x0, loss_gan = fake_score(x_t, sigma, cond, step=step), 0.0
-    loss = weighted_denoising_error(x0, x, sigma, sigma_data, weighting).mean()
-    grad_norm, skipped = apply_update(accelerator, fake_weight * loss + gan_weight * loss_gan, fake_score, optimizer, grad_clip)
-    return logs | {"loss/fake_score": loss.detach(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
+    denoising = weighted_denoising_error(x0, x, sigma, loss.sigma_data, loss.weighting).mean()
+    total = loss.fake_weight * denoising + gan_weight * loss_gan
+    grad_norm, skipped = apply_update(nets.accelerator, total, fake_score, optimizer, loss.grad_clip)
+    return logs | {"loss/fake_score": denoising.detach(), "grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
 
 def student_step(
-    *,
-    accelerator: Accelerator,
-    generator,
-    real,
-    fake_score,
+    nets: Networks,
     optimizer,
-    z: torch.Tensor,
+    batch: Batch,
     sample_sigma: Callable[..., torch.Tensor],
     pairs: tuple[torch.Tensor, ...] | None,
-    dmd_weight: float,
-    regression_weight: float,
-    regression_distance: str,
-    pseudo_huber_c: float,
-    grad_clip: float | None,
-    cond: torch.Tensor | None = None,
-    critic=None,
-    gan_sigma: torch.Tensor | None = None,
-    gan_weight: float = 0.0,
-    step: torch.Tensor | None = None,
-    gan_mask: torch.Tensor | None = None,
+    loss: StudentLoss,
 ) -> tuple[dict[str, torch.Tensor | float], torch.Tensor]:
-    """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, label]), weighted as configured;
-    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to gan_sigma (on the
-    samples gan_mask picks, when given).
+    """DMD loss on G(z, cond) plus regression on teacher ODE pairs (z_ref, y_ref[, cond]), weighted as configured;
+    with DMD2's GAN, plus the generator loss of the (frozen, unwrapped) critic on G(z) noised to batch.gan_sigma (on
+    the samples batch.gan_mask picks, when given).
 
     A k-step student trains each sample of z at its `step` (None: drawn by the generator), and sample_sigma(n, step)
     then draws the DMD noise for those steps; the regression pairs start from pure noise, so they train step 0.
 
     Returns the logs and G(z, cond) as made before the update, detached (empty with neither DMD nor GAN): a fake-score
     update may train on them (train.reuse_student_samples)."""
+    generator, real, fake_score, critic = nets.generator, nets.real, nets.fake_score, nets.critic
+    z, cond, step, gan_sigma, gan_mask = batch.z, batch.cond, batch.step, batch.gan_sigma, batch.gan_mask
+    dmd_weight, regression_weight, gan_weight = loss.dmd_weight, loss.regression_weight, loss.gan_weight
     # One generator call for both batches: DDP allows one forward per backward.
     z_ref, y_ref, *cond_ref = pairs if regression_weight > 0 else (z[:0], None) + (() if cond is None else (cond[:0],))
     if dmd_weight == 0 and gan_weight == 0:  # regression only: no student batch to make (the GAN alone still needs one)
@@ -170,9 +200,9 @@ def student_step(
         total = total + gan_weight * loss_gan
         logs["loss/gan_generator"] = loss_gan.detach()
     if regression_weight > 0:
-        loss_reg = regression_loss(x_ref, y_ref, regression_distance, pseudo_huber_c).mean()
+        loss_reg = regression_loss(x_ref, y_ref, loss.regression_distance, loss.pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
         logs["loss/regression"] = loss_reg.detach()
-    logs["grad_norm/student"], skipped = apply_update(accelerator, total, generator, optimizer, grad_clip)
+    logs["grad_norm/student"], skipped = apply_update(nets.accelerator, total, generator, optimizer, loss.grad_clip)
     logs["skipped/student"] = float(skipped)
     return logs, x.detach()

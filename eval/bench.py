@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
-from eval.harness import read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns, timed_sampling
+from eval.harness import read_student_record, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns, timed_sampling
 from eval.images import draw_inputs
 from eval.samplers import SAMPLERS
-from teachers.conditions import class_conditions
+from eval.run import decoded
+from teachers.conditions import Conditions, class_conditions
+from teachers.guidance import GuidedDenoiser
 from teachers.io import load_denoiser
 from teachers.zoo import resolve_model_path
 
@@ -33,21 +35,30 @@ def parse_sampler(text: str) -> dict:
 
 
 def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: int, device,
-              student_sigmas: list[float] | None = None) -> dict[str, dict]:
+              student_sigmas: list[float] | None = None, guidance_scale: float = 1.0, prompts: list[str] | None = None,
+              center_crop: int | None = None) -> dict[str, dict]:
     """Best-of-repeats seconds per sample of each sampler on one seeded batch, and its throughput vs the student.
 
-    The student samples on its own sigma list (k steps, student_nfe<k>); speedup_over_nfe divides the speedup by
-    the NFE ratio teacher / student, so 1.0 means the student costs exactly its share of network evaluations."""
+    The student samples on its own sigma list (k steps, student_nfe<k>); the teacher with the CFG scale the student
+    was distilled with (two network passes per evaluation when guided); speedup_over_nfe divides the speedup by the
+    NFE ratio teacher / student, so 1.0 means the student costs exactly its share of network evaluations. A latent
+    (text-to-image) teacher's samplers and the student all include the VAE decode, on prompts cycled over the batch."""
     student_fn = student_sample_fn(student, student_sigmas)
     student_key = student_label(student_fn.nfe)
-    fns = {**teacher_sample_fns(teacher, samplers), student_key: student_fn}
-    noise, cond = draw_inputs(batch_size, teacher.shape, class_conditions(getattr(teacher, "num_classes", None)), seed=0)
+    real = GuidedDenoiser(teacher, guidance_scale) if guidance_scale != 1 else teacher
+    fns = {**teacher_sample_fns(real, samplers), student_key: student_fn}
+    conditions = class_conditions(getattr(teacher, "num_classes", None))
+    if hasattr(teacher, "decode"):
+        chosen = list(prompts or [""])
+        conditions = Conditions(teacher.encode_condition(chosen).to(device), chosen)
+        fns = {label: decoded(fn, teacher, center_crop) for label, fn in fns.items()}
+    noise, cond = draw_inputs(batch_size, teacher.shape, conditions, seed=0)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
     seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
     speedup = {label: seconds[label] / seconds[student_key] for label in fns}
     name = device_name(device)
     return {
-        label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": speedup[label],
+        label: {"nfe": fn.nfe, "seconds_per_sample": seconds[label], "student_speedup": speedup[label], "guidance_scale": guidance_scale,
                 "speedup_over_nfe": speedup[label] / (fn.nfe / student_fn.nfe), "batch_size": batch_size, "device": str(device),
                 "device_name": name}
         for label, fn in fns.items()
@@ -63,11 +74,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as json here")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="the teacher's CFG scale (default: the student's record's)")
+    parser.add_argument("--center-crop", type=int, default=None, help="latent teachers: crop decoded images to N x N (as eval.center_crop)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
     student = load_denoiser(args.student, key="student").to(device)
-    figures = benchmark(teacher, student, args.samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student))
+    record = read_student_record(args.student)
+    scale = record.get("guidance_scale", 1.0) if args.guidance_scale is None else args.guidance_scale
+    figures = benchmark(teacher, student, args.samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student),
+                        guidance_scale=scale, prompts=record.get("prompts"), center_crop=args.center_crop)
     for label, entry in figures.items():
         print(f"{label:24s} NFE {entry['nfe']:3d}  {1000 * entry['seconds_per_sample']:8.3f} ms/sample  "
               f"student is {entry['student_speedup']:7.2f}x faster ({entry['speedup_over_nfe']:.2f} x NFE)")

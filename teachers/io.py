@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.latent import LatentDenoiser, check_pipeline_folder, is_text_pipeline
+from teachers.latent import LatentDenoiser, check_pipeline_folder, is_text_pipeline, torch_dtype
 from teachers.mlp import MLPDenoiser
 from teachers.unet import UNetDenoiser
 
@@ -122,18 +122,6 @@ def is_hub_id(path: str | Path) -> bool:
     """`owner/name` that is not a local path: a hub id (loading it needs network)."""
     text = str(path)
     return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str | None) -> torch.dtype | None:
-    """teacher.dtype as a torch dtype (None: as stored)."""
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise ConfigError(f"teacher.dtype={name}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def load_denoiser(path: str | Path, key: str = "teacher.path", kind: str | None = None, dtype: str | None = None):

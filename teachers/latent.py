@@ -18,7 +18,7 @@ from torch import nn
 
 from teachers.base import expand_sigma
 from teachers.errors import ConfigError
-from teachers.unet import EXTRA_FILE, PREDICTION_TYPES, sigma_to_t, sigmas_from_alphas_cumprod, x0_from_output
+from teachers.unet import EXTRA_FILE, DiffusersUNetParts, PREDICTION_TYPES, sigma_to_t, sigmas_from_alphas_cumprod, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,29 @@ DISCRETE_SCHEDULERS = (
     "UniPCMultistepScheduler", "LCMScheduler", "KDPM2DiscreteScheduler", "DEISMultistepScheduler", "TCDScheduler",
 )
 DEFAULT_LATENT_SIGMA_DATA = 1.0  # scaled SD latents have about unit variance (that is what scaling_factor is for)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """teacher.dtype as a torch dtype (None: as stored)."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"teacher.dtype={name}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_config(teacher, data) -> None:
+    """teacher=sd's own settings, before any work: the data has prompts, a pipeline is given, the dtype is known."""
+    if data.get("prompts") is None:
+        raise ConfigError(f"teacher=sd is text-to-image but data={data.name} has no prompts; use data=mnist_sd, data=prompts "
+                          "or set data.prompts")
+    if teacher.path is None:
+        raise ConfigError("teacher=sd needs teacher.path (a Stable Diffusion pipeline folder, zoo:mnist_sd or a hub id); "
+                          "train the miniature one with `python -m teachers.train data=mnist teacher=sd_mini`")
+    torch_dtype(teacher.get("dtype"))
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -86,7 +109,7 @@ def training_schedule(scheduler_config: dict):
     return DDPMScheduler(**{k: scheduler_config[k] for k in keys if k in scheduler_config})
 
 
-class LatentDenoiser(nn.Module):
+class LatentDenoiser(DiffusersUNetParts, nn.Module):
     """D(x, sigma, text_embeddings) on a Stable Diffusion-family UNet's latents.
 
     x: float32 latents (B, C, h, w) in the VAE's scaled units plus sigma-scaled noise; sigma: scalar or (B,);
@@ -129,24 +152,6 @@ class LatentDenoiser(nn.Module):
         new.__dict__.update(copy.deepcopy(state, memo))
         new.__dict__.update(helpers)
         return new
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (self.unet.config.in_channels, h, w)
-
-    @property
-    def bottleneck(self) -> nn.Module:
-        return self.unet.mid_block
-
-    @property
-    def time_embedding(self) -> nn.Module:
-        return self.unet.time_embedding
-
-    @property
-    def loss_weighting(self) -> str:
-        return self.prediction_type
 
     @property
     def max_prompt_tokens(self) -> int:

@@ -57,7 +57,34 @@ def x0_from_output(output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, p
     raise ValueError(f"unknown prediction_type '{prediction_type}'; allowed: {', '.join(PREDICTION_TYPES)}")
 
 
-class UNetDenoiser(nn.Module):
+class DiffusersUNetParts:
+    """What every adapter of a diffusers UNet (`self.unet`, `self.prediction_type`) shares: the data shape, the modules
+    DMD2's GAN head and a step-aware fake score read, and the loss weighting that is the network's own MSE."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, h, w)
+
+    @property
+    def bottleneck(self) -> nn.Module | None:
+        """The module whose output is the UNet's bottleneck features (the mid block; DMD2's GAN head reads it)."""
+        return self.unet.mid_block
+
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The module whose output is the noise-level embedding (B, C) every block reads (a step-aware fake score adds
+        its step there)."""
+        return self.unet.time_embedding
+
+    @property
+    def loss_weighting(self) -> str:
+        """The denoising loss weighting that is this UNet's own MSE (teachers.base.denoising_loss_weight)."""
+        return self.prediction_type
+
+
+class UNetDenoiser(DiffusersUNetParts, nn.Module):
     """D(x, sigma, class_labels) for a diffusers UNet2DModel trained on a DDPM-family schedule.
 
     x: float32 NCHW in data units (images in [-1, 1]) plus sigma-scaled noise; sigma: scalar or (B,);
@@ -90,27 +117,10 @@ class UNetDenoiser(nn.Module):
         self.null_class = null_class
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (self.unet.config.in_channels, h, w)
-
-    @property
     def num_classes(self) -> int | None:
         """Class labels the UNet takes (the null class of label dropout excluded); None when unconditional."""
         n = self.unet.config.num_class_embeds
         return None if n is None else n - (self.null_class is not None)
-
-    @property
-    def bottleneck(self) -> nn.Module | None:
-        """The module whose output is the UNet's bottleneck features (the mid block; DMD2's GAN head reads it)."""
-        return self.unet.mid_block
-
-    @property
-    def time_embedding(self) -> nn.Module:
-        """The module whose output is the noise-level embedding (B, C) every block reads (a step-aware fake score adds
-        its step there)."""
-        return self.unet.time_embedding
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         # Outside the table, the network runs at its nearest end, and so do the input scaling and the x0 conversion:
@@ -120,11 +130,6 @@ class UNetDenoiser(nn.Module):
         t = sigma_to_t(sigma.reshape(-1).float(), self.sigmas)
         output = self.unet(x_vp.to(self.unet.dtype), t, class_labels=cond).sample.to(x.dtype)
         return x0_from_output(output, x, sigma, self.prediction_type)
-
-    @property
-    def loss_weighting(self) -> str:
-        """The denoising loss weighting that is this UNet's own MSE (teachers.base.denoising_loss_weight)."""
-        return self.prediction_type
 
     def extra_config(self) -> dict:
         return {"sigma_data": self.sigma_data, "sigma_max": self.sigma_max, "null_class": self.null_class}

@@ -81,3 +81,32 @@ def test_a_pipeline_missing_its_vae_is_named_before_work(tmp_path, tiny_sd_folde
     cfg = compose_config("train", ["experiment=mnist_sd", f"teacher.path={broken}", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="missing the pipeline component\\(s\\) vae"):
         validate(cfg)
+
+
+def test_python_m_eval_judges_a_text_student_beside_its_guided_teacher(sd_run, tiny_sd_folder, tmp_path):
+    from eval.run import run as evaluate
+
+    run_dir, cache, _ = sd_run
+    cfg = compose_config("eval", ["experiment=mnist_sd_dmd2", f"teacher.path={tiny_sd_folder}", f"student_path={run_dir / 'student'}",
+                                  f"run_dir={tmp_path}", f"eval.cache_dir={cache}", "eval.num_samples=32", "eval.batch_size=16",
+                                  "eval.teacher_samplers=[{name: euler, num_steps: 2}]", "eval.second_classifier=null",
+                                  "eval.quality_figures=false", "eval.cross_check=false"])
+    metrics = evaluate(cfg)
+    assert metrics.keys() == {"teacher_euler_nfe2", "student_nfe1"}
+    assert all(0 <= entry["prompt_accuracy"] <= 1 for entry in metrics.values())
+    assert metrics["teacher_euler_nfe2"]["fid_vs_teacher"] == 0.0
+
+
+def test_the_speed_bench_times_text_samplers_with_their_decode(sd_run, tiny_sd_folder):
+    import torch
+
+    from eval.bench import benchmark
+    from teachers.io import load_denoiser
+
+    run_dir, _, _ = sd_run
+    figures = benchmark(load_denoiser(tiny_sd_folder), load_denoiser(run_dir / "student"), [{"name": "heun", "num_steps": 2}],
+                        batch_size=4, repeats=1, device=torch.device("cpu"), guidance_scale=2.0, prompts=["a seven", "number two"],
+                        center_crop=28)
+    assert figures.keys() == {"teacher_heun_nfe3", "student_nfe1"}
+    assert all(entry["seconds_per_sample"] > 0 and entry["guidance_scale"] == 2.0 for entry in figures.values())
+    assert figures["student_nfe1"]["student_speedup"] == 1.0

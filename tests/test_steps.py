@@ -8,7 +8,7 @@ from distill.gan import Critic
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.guard import any_process
-from distill.steps import fake_step, scalars, student_step
+from distill.steps import Batch, FakeLoss, Networks, StudentLoss, fake_step, scalars, student_step
 from teachers.mlp import MLPDenoiser
 
 SIGMA = {"min": 0.002, "max": 80.0, "rho": 7.0, "t_min": 0.02, "t_max": 0.98}
@@ -30,18 +30,16 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     accelerator = Accelerator(cpu=True)
     teacher_before, student_before, fake_before = _params(teacher), _params(student), _params(fake)
 
-    logs = fake_step(
-        accelerator=accelerator, generator=generator, fake_score=Critic(fake, None), optimizer=opt_f, z=torch.randn(8, 2),
-        sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
-    )
+    logs = fake_step(Networks(accelerator, generator, Critic(fake, None)), opt_f, Batch(torch.randn(8, 2)),
+                     sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, fake_weight=1.0, grad_clip=1.0))
     assert _changed(fake_before, fake) and not _changed(student_before, student)
     z, z_ref = torch.randn(8, 2), torch.randn(8, 2) + 3.0  # the pairs' noise far from z, so their rows cannot pass for G(z)
     with torch.no_grad():
         x_before_update, x_ref_before_update = generator(z), generator(z_ref)
     student_logs, x = student_step(
-        accelerator=accelerator, generator=generator, real=teacher, fake_score=Critic(fake, None), optimizer=opt_g, z=z,
-        sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=(z_ref, torch.randn(8, 2)),
-        dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0,
+        Networks(accelerator, generator, Critic(fake, None), real=teacher), opt_g, Batch(z),
+        functools.partial(sample_dmd_sigma, **SIGMA), (z_ref, torch.randn(8, 2)),
+        StudentLoss(dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0),
     )
     logs |= student_logs
     assert _changed(student_before, student)
@@ -71,11 +69,8 @@ def test_fake_step_trains_on_given_samples_without_calling_the_generator():
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     fake, generator = trainable_copy(teacher), CountingGenerator(StudentGenerator(trainable_copy(teacher)))
     fake_before = _params(fake)
-    fake_step(
-        accelerator=Accelerator(cpu=True), generator=generator, fake_score=Critic(fake, None), optimizer=torch.optim.AdamW(fake.parameters()),
-        z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
-        x=torch.randn(8, 2),
-    )
+    fake_step(Networks(Accelerator(cpu=True), generator, Critic(fake, None)), torch.optim.AdamW(fake.parameters()),
+              Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, grad_clip=1.0), x=torch.randn(8, 2))
     assert generator.calls == 0 and _changed(fake_before, fake)
 
 
@@ -97,11 +92,9 @@ def test_step_logs_stay_on_the_device_until_they_are_written():
     """No per-step reads of logged scalars (each is a host-device sync on a GPU); `scalars` reads them at log time."""
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
-    logs = fake_step(
-        accelerator=Accelerator(cpu=True), generator=StudentGenerator(student), fake_score=Critic(fake, None),
-        optimizer=torch.optim.AdamW(fake.parameters()), z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA),
-        sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
-    )
+    logs = fake_step(Networks(Accelerator(cpu=True), StudentGenerator(student), Critic(fake, None)),
+                     torch.optim.AdamW(fake.parameters()), Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA),
+                     FakeLoss(sigma_data=1.0, grad_clip=1.0))
     for name in ("loss/fake_score", "grad_norm/fake_score"):
         assert isinstance(logs[name], torch.Tensor) and logs[name].ndim == 0 and not logs[name].requires_grad
     floats = scalars(logs)
@@ -128,16 +121,13 @@ def test_gan_mask_limits_both_gan_losses_to_the_picked_samples(monkeypatch):
     accelerator, generator = Accelerator(cpu=True), StudentGenerator(student)
     for mask in (torch.arange(8) < 3, torch.zeros(8, dtype=torch.bool)):
         sizes.clear()
-        logs = fake_step(
-            accelerator=accelerator, generator=generator, fake_score=critic, optimizer=torch.optim.AdamW(critic.parameters()),
-            z=torch.randn(8, 2), sigma=sample_dmd_sigma(8, **SIGMA), sigma_data=1.0, fake_weight=1.0, grad_clip=1.0,
-            real_batch=(torch.randn(8, 2),), gan_sigma=sample_dmd_sigma(16, **SIGMA), gan_weight=0.01, gan_mask=mask,
-        )
+        nets = Networks(accelerator, generator, critic, real=teacher, critic=critic)
+        logs = fake_step(nets, torch.optim.AdamW(critic.parameters()),
+                         Batch(torch.randn(8, 2), gan_mask=mask, gan_sigma=sample_dmd_sigma(16, **SIGMA)),
+                         sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, gan_weight=0.01, grad_clip=1.0), (torch.randn(8, 2),))
         student_logs, _ = student_step(
-            accelerator=accelerator, generator=generator, real=teacher, fake_score=critic, optimizer=torch.optim.AdamW(student.parameters()),
-            z=torch.randn(8, 2), sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA), pairs=None, dmd_weight=1.0,
-            regression_weight=0.0, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0, critic=critic,
-            gan_sigma=sample_dmd_sigma(8, **SIGMA), gan_weight=0.1, gan_mask=mask,
+            nets, torch.optim.AdamW(student.parameters()), Batch(torch.randn(8, 2), gan_mask=mask, gan_sigma=sample_dmd_sigma(8, **SIGMA)),
+            functools.partial(sample_dmd_sigma, **SIGMA), None, StudentLoss(dmd_weight=1.0, gan_weight=0.1, grad_clip=1.0),
         )
         picked = int(mask.sum())
         assert sizes == [picked + 8] + ([picked] if picked else [])  # the classifier's batch, then the student's GAN loss (none when empty)
@@ -158,10 +148,10 @@ def test_gan_without_dmd_still_trains_the_student_on_its_own_samples():
     z = torch.randn(8, 2)
     critic.logits = lambda x, *a: sizes.append(len(x)) or logits(critic, x, *a)
     logs, x = student_step(
-        accelerator=Accelerator(cpu=True), generator=generator, real=teacher, fake_score=critic,
-        optimizer=torch.optim.AdamW(student.parameters(), lr=1e-2), z=z, sample_sigma=functools.partial(sample_dmd_sigma, **SIGMA),
-        pairs=(torch.randn(4, 2), torch.randn(4, 2)), dmd_weight=0.0, regression_weight=0.25, regression_distance="l2",
-        pseudo_huber_c=0.03, grad_clip=None, critic=critic, gan_sigma=sample_dmd_sigma(8, **SIGMA), gan_weight=1.0,
+        Networks(Accelerator(cpu=True), generator, critic, real=teacher, critic=critic),
+        torch.optim.AdamW(student.parameters(), lr=1e-2), Batch(z, gan_sigma=sample_dmd_sigma(8, **SIGMA)),
+        functools.partial(sample_dmd_sigma, **SIGMA), (torch.randn(4, 2), torch.randn(4, 2)),
+        StudentLoss(dmd_weight=0.0, regression_weight=0.25, gan_weight=1.0),
     )
     assert sizes == [8] and len(x) == 8 and "loss/dmd" not in logs
     assert float(logs["loss/gan_generator"]) > 0.1  # softplus of finite logits: about log 2 at the start, never 0
