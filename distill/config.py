@@ -70,8 +70,9 @@ def check_image_teacher(teacher: DictConfig, data: DictConfig) -> None:
     if kind == "sd":
         check_sd_config(teacher, data)  # the SD adapter checks its own settings
     else:
-        _require(not text, f"data.prompts is set (data={data.name}) but teacher=unet takes class labels, not prompts; "
-                           "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")
+        if text:
+            raise ConfigError(f"data.prompts is set (data={data.name}) but teacher=unet takes class labels, not prompts; "
+                              "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")
     path = teacher.path
     if path is None or is_hub_id(path):
         return

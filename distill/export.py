@@ -40,7 +40,7 @@ def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: st
 
 def record_prompts(cfg: DictConfig, count: int = 8) -> list[str] | None:
     """The first evaluation prompts of a text-to-image run (the card's grid and snippet); None for other runs."""
-    if cfg.data.get("prompts") is None:
+    if cfg.get("data") is None or cfg.data.get("prompts") is None:
         return None
     from teachers.conditions import load_prompts
 

@@ -13,12 +13,34 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
                  ("eval", "fid"), ("debug", "cpu_tiny_image"), ("experiment", "mnist"), ("experiment", "demo")}
 
 
+# Text-to-image options (a Stable Diffusion teacher and prompts) compose on the miniature SD's preset; the full-size
+# recipes name hub teachers and the user's prompt files, so they validate in tests/test_sd_presets.py on tiny folders.
+TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
+USER_FILES = {("data", "prompts"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
+              ("experiment", "sdxl_dmd2_4step")}
+
+
+def is_text(group: str, option: str) -> bool:
+    return (group, option) in TEXT_OPTIONS | USER_FILES or (group == "experiment" and option.startswith("mnist_sd"))
+
+
 def is_image(group: str, option: str) -> bool:
-    return (group, option) in IMAGE_OPTIONS or (group == "experiment" and option.startswith(("mnist", "digits", "cifar")))
+    return not is_text(group, option) and (
+        (group, option) in IMAGE_OPTIONS or (group == "experiment" and option.startswith(("mnist", "digits", "cifar"))))
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes_and_validates(group, option):
+    if (group, option) in USER_FILES:
+        cfg = compose_config("train", ["experiment=mnist_sd", f"{group}={option}", "run_dir=unused"])
+        assert cfg.data.prompts is not None
+        return
+    if is_text(group, option):
+        base = ["experiment=mnist_sd"] if group != "experiment" else []
+        cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
+        task = validate(cfg)
+        assert task.kind == "image" and cfg.teacher.kind == "sd" and cfg.data.prompts is not None
+        return
     base = ["experiment=mnist"] if is_image(group, option) and group != "experiment" else []
     cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
     task = validate(cfg)
@@ -35,7 +57,9 @@ def test_every_group_option_composes_and_validates(group, option):
 @pytest.mark.parametrize("entry", ["teacher_train", "eval"])
 def test_experiments_compose_for_the_other_entry_points(entry, experiment):
     cfg = compose_config(entry, [f"experiment={experiment}", "run_dir=unused"])
-    if is_image("experiment", experiment):
+    if is_text("experiment", experiment):
+        assert cfg.data.kind == "image" and cfg.teacher.kind == "sd" and cfg.data.prompts.source in ("mnist_captions", "file")
+    elif is_image("experiment", experiment):
         assert cfg.data.kind == "image" and cfg.teacher.kind == "unet"
     else:
         assert cfg.data.means and cfg.teacher.net.hidden_dim > 0

@@ -26,6 +26,7 @@ from eval.collect import markdown_table
 from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation, extract
 from eval.fid import Stats, class_mix_weights, fid, stats_of, weighted_stats_of
 from eval.images import draw_inputs
+from teachers.conditions import class_conditions
 from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 from teachers.io import load_denoiser
@@ -72,7 +73,7 @@ def image_stats(name: str, nfe: int | None, images: torch.Tensor, probs: torch.T
 def sampled_stats(name: str, fn: SampleFn, model, seed: int, num_samples: int, classifier: DomainClassifier, ref: Reference) -> dict:
     """The row of a sampler's images from evaluation's seeded noise (and uniform labels, for a class-conditional
     model), in batches, clamped to [-1, 1] as evaluation does."""
-    noise, cond = draw_inputs(num_samples, SHAPE, model.num_classes, seed)
+    noise, cond = draw_inputs(num_samples, SHAPE, class_conditions(model.num_classes), seed)
     conds = [None] * len(noise.split(BATCH)) if cond is None else cond.split(BATCH)
     x = torch.cat([fn.fn(z, c) for z, c in tqdm(list(zip(noise.split(BATCH), conds)), desc=name, mininterval=2)]).clamp(-1, 1)
     return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), extract(classifier, x, BATCH), ref)
