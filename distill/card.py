@@ -53,6 +53,14 @@ def usage_snippet(denoiser, sigmas: list[float], timesteps: list[float], exact: 
     """The smallest exact code that makes the student's images; defines `images` (NHWC numpy in [0, 1])."""
     shape, k = tuple(denoiser.shape), len(sigmas)
     classes = getattr(denoiser, "num_classes", None)
+    if hasattr(denoiser, "transformer") and exact:  # a DiTPipeline: its own call, without CFG (guidance_scale=1)
+        return f'''import torch
+from diffusers import DiTPipeline
+
+pipe = DiTPipeline.from_pretrained(".")  # this folder, or its hub id
+generator = torch.Generator().manual_seed(0)
+images = pipe([0, 1, 2, 3], num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # classes 0..{classes - 1}; NHWC in [0, 1]
+'''
     if getattr(denoiser, "text_conditional", False):  # a Stable Diffusion pipeline: its own call, without CFG (guidance_scale=1)
         prompts = list(prompts or ["a photo"])[:4]
         return f'''import torch
@@ -170,10 +178,12 @@ def model_card(denoiser, record: dict, config: dict | None, metrics: dict, licen
     classes = getattr(denoiser, "num_classes", None)
     text = getattr(denoiser, "text_conditional", False)
     how = ("a stock `StableDiffusionPipeline` with the `LCMScheduler` stored here runs it (guidance_scale=1: the guidance is distilled in)" if text and exact else
+           "a stock `DiTPipeline` with the `LCMScheduler` stored here runs it (guidance_scale=1: the guidance is distilled in)" if hasattr(denoiser, "transformer") and exact else
            "a stock `DDPMPipeline` with the `LCMScheduler` stored here runs it" if exact and not classes else
            "stock diffusers runs it with the `LCMScheduler` stored here; `DDPMPipeline` passes no class labels, so the loop is written out" if exact else
            "its timesteps fall between the integers of the teacher's table, which stock diffusers schedulers round; the exact sampler is the toolkit's")
-    front = {"library_name": "diffusers", "pipeline_tag": "text-to-image" if text else "unconditional-image-generation", "base_model": teacher, "license": license_id,
+    tag = "text-to-image" if text else "image-generation" if hasattr(denoiser, "transformer") else "unconditional-image-generation"
+    front = {"library_name": "diffusers", "pipeline_tag": tag, "base_model": teacher, "license": license_id,
              "tags": ["diffusion-distillation", "dmd", "onestep-distill", f"{k}-step"]}
     lines = ["---", *OmegaConf.to_yaml(OmegaConf.create(front)).strip().splitlines(), "---", "",
              f"# A {k}-step student of `{teacher}`", "",

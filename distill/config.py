@@ -8,12 +8,13 @@ from omegaconf import DictConfig
 
 from distill.checkpoint import CorruptCheckpoint, verify
 from distill.schedule import LR_SCHEDULES
-from distill.tasks import ImageTask, TextImageTask, ToyTask
+from distill.tasks import ImageTask, LatentTask, ToyTask
 from eval.samplers import SAMPLERS
 from teachers.base import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers.io import check_teacher_folder, is_hub_id, read_model_config
+from teachers.dit import is_dit_pipeline
 from teachers.latent import check_config as check_sd_config, is_text_pipeline
 from teachers.zoo import resolve_model_path
 from teachers.train import check_teacher_config
@@ -58,29 +59,33 @@ def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
     _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
 
 
-IMAGE_TEACHERS = ("unet", "sd")
+IMAGE_TEACHERS = ("unet", "sd", "dit")
+LATENT_TEACHERS = ("sd", "dit")
 
 
 def check_image_teacher(teacher: DictConfig, data: DictConfig) -> None:
     """A UNet teacher (class labels or none) or a Stable Diffusion-family teacher (prompts) for image data: a zoo
     name, a pipeline folder of that kind, or a hub id (owner/name)."""
     kind = teacher.get("kind", "mlp")
-    _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet or teacher=sd")
+    _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet, teacher=sd or teacher=dit")
     text = data.get("prompts") is not None
     if kind == "sd":
         check_sd_config(teacher, data)  # the SD adapter checks its own settings
     else:
         if text:
-            raise ConfigError(f"data.prompts is set (data={data.name}) but teacher=unet takes class labels, not prompts; "
+            raise ConfigError(f"data.prompts is set (data={data.name}) but teacher={kind} takes class labels, not prompts; "
                               "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")
+        if kind == "dit" and teacher.path is None:
+            raise ConfigError("teacher=dit needs teacher.path (a DiTPipeline folder or a hub id such as facebook/DiT-XL-2-256)")
     path = teacher.path
     if path is None or is_hub_id(path):
         return
     folder = Path(resolve_model_path(path))
     check_teacher_folder(folder)
-    if is_text_pipeline(folder) != (kind == "sd"):
-        what = "a Stable Diffusion (text-to-image) pipeline" if kind == "unet" else "not a Stable Diffusion pipeline"
-        raise ConfigError(f"teacher.path={path} is {what}; use teacher={'sd' if kind == 'unet' else 'unet'}")
+    found = "sd" if is_text_pipeline(folder) else "dit" if is_dit_pipeline(folder) else "unet"
+    if found != kind:
+        names = {"sd": "a Stable Diffusion (text-to-image) pipeline", "dit": "a DiT pipeline", "unet": "a UNet2DModel pipeline"}
+        raise ConfigError(f"teacher.path={path} is {names[found]}, not {names[kind]}; use teacher={found}")
 
 
 def check_loss(loss: DictConfig) -> None:
@@ -212,18 +217,18 @@ def check_eval(eval_cfg: DictConfig, kind: str) -> None:
         _require(spec.num_steps >= 1, f"eval.teacher_samplers num_steps={spec.num_steps}; it must be >= 1")
 
 
-def validate(cfg: DictConfig) -> ToyTask | ImageTask | TextImageTask:
+def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
     """Every check of a distillation config; returns the task (toy mixture or image data)."""
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.get("kind", "toy")
-    trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") != "sd"  # an SD teacher is never trained in the run
+    trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") not in LATENT_TEACHERS  # latent teachers are never trained in the run
     if cfg.loss.guidance_scale != 1 and trained_here and not cfg.teacher.get("net", {}).get("class_conditional"):
         raise ConfigError(f"loss.guidance_scale={cfg.loss.guidance_scale} needs a class-conditional teacher; "
                           "the teacher trained in this run is unconditional (use loss.guidance_scale=1)")
     if kind == "image":
         check_image_teacher(cfg.teacher, cfg.data)
-        task = TextImageTask(cfg.data) if cfg.teacher.kind == "sd" else ImageTask(cfg.data)
+        task = LatentTask(cfg.data) if cfg.teacher.kind in LATENT_TEACHERS else ImageTask(cfg.data)
     else:
         _require(cfg.teacher.get("kind", "mlp") == "mlp", f"teacher={cfg.teacher.kind} needs image data (data=mnist|digits|...)")
         mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)

@@ -80,7 +80,7 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
 def write_model_card(path: Path, run_dir: Path, source: str = "the run") -> None:
     """(Re)write an exported image student's README.md, with the run's metrics.json as it is now."""
     path = Path(path)
-    if not (path / "unet").is_dir():
+    if not (path / "model_index.json").is_file():  # a toy MLP student: no pipeline, no card
         return
     record = json.loads((path / STUDENT_FILE).read_text())
     _write_card(path, load_denoiser(path, key="student"), record, _run_config_or_none(run_dir), read_metrics(run_dir), source)

@@ -54,7 +54,7 @@ def bottleneck_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) 
     features = module_output(denoiser, find_bottleneck(denoiser), x, sigma, cond)
     if features is None:
         raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; set both GAN weights to 0")
-    return features
+    return features.mean(1) if features.ndim == 3 else features  # a transformer's tokens (B, N, D): their mean, (B, D)
 
 
 @torch.no_grad()

@@ -11,8 +11,9 @@ from teachers.base import student_input
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:
-    """A deep copy of a teacher network in train mode with gradients on (student, fake score)."""
-    return copy.deepcopy(network).train().requires_grad_(True)
+    """A deep copy of a teacher network in float32, in train mode with gradients on (student, fake score): a teacher
+    loaded in half precision (teacher.dtype) trains fp32 copies, autocast by train.mixed_precision."""
+    return copy.deepcopy(network).float().train().requires_grad_(True)
 
 
 class StudentGenerator(nn.Module):

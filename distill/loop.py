@@ -115,11 +115,11 @@ def trainable(network: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def enable_gradient_checkpointing(network: torch.nn.Module) -> None:
-    """train.gradient_checkpointing: recompute the UNet's activations in backward (memory for time)."""
-    unet = getattr(network, "unet", None)
-    if unet is None or not getattr(unet, "_supports_gradient_checkpointing", False):
-        raise ConfigError(f"train.gradient_checkpointing=true needs a diffusers UNet; {type(network).__name__} has none (set it to false)")
-    unet.enable_gradient_checkpointing()
+    """train.gradient_checkpointing: recompute the UNet's (DiT's) activations in backward (memory for time)."""
+    model = getattr(network, "unet", None) or getattr(network, "transformer", None)
+    if model is None or not getattr(model, "_supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing=true needs a diffusers UNet or transformer; {type(network).__name__} has none (set it to false)")
+    model.enable_gradient_checkpointing()
 
 
 def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, train: DictConfig, counters: Counters) -> float:

@@ -115,38 +115,52 @@ class ImageTask:
         return (images.to(device), labels.to(device)) if getattr(teacher, "num_classes", None) else (images.to(device),)
 
 
-class TextImageTask(ImageTask):
-    """A Stable Diffusion-family teacher on latents: prompts as conditions; sheets, evaluation and the GAN's real side
-    go through its VAE. Only this task and eval's decode know the denoiser works on latents."""
+class LatentTask(ImageTask):
+    """A latent teacher (Stable Diffusion family with prompts, DiT with class labels): sheets, evaluation and the GAN's
+    real side go through its VAE. Only this task and eval's decode know the denoiser works on latents."""
 
     kind = "image"
 
     def setup_teacher(self, cfg, run_dir, accelerator):
-        teacher = load_denoiser(teacher_path(cfg, run_dir), kind="sd", dtype=cfg.teacher.get("dtype")).to(accelerator.device)
+        teacher = load_denoiser(teacher_path(cfg, run_dir), kind=cfg.teacher.kind, dtype=cfg.teacher.get("dtype")).to(accelerator.device)
+        if cfg.teacher.get("preview_vae"):  # TAESD for the progress sheets; the student copies share it
+            from diffusers import AutoencoderTiny
+
+            teacher.set_preview_vae(AutoencoderTiny.from_pretrained(resolve_model_path(cfg.teacher.preview_vae)).to(accelerator.device))
         return teacher, teacher
 
     def plot(self, generator, z_plot, cond_plot, path: Path, accelerator: Accelerator, step: int) -> None:
         """An 8x8 sheet of decoded student samples from fixed noise and the first prompts."""
         with torch.no_grad():
-            x = generator.denoiser.decode(generator.sample(z_plot, cond_plot, plot_generator(z_plot))).float().cpu()
+            x = generator.denoiser.preview(generator.sample(z_plot, cond_plot, plot_generator(z_plot))).float().cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
         log_image(accelerator, path, step)
 
     def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
-        """(latents, text embeddings) for the GAN's real side: the training images through the VAE (padded as the
-        teacher's VAE was trained, data.pad), each with the embedding of a prompt that names its class."""
+        """(latents, conds) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
+        was trained, data.pad), each with its class label, or for a text teacher the embedding of a prompt that names
+        its class."""
         conditions = self.conditions(cfg, teacher, "train")
+        if conditions is None or conditions.prompts is None:  # unconditional or class-conditional (DiT)
+            images, labels = load_images(self.data_cfg, "train")
+            latents = self.latents(teacher, images, device, cfg.seed)
+            return (latents, labels.to(device)) if conditions is not None else (latents,)
         if conditions.classes is None or not bool((conditions.classes >= 0).any()):
             raise ConfigError("the GAN's real side needs captioned images; this prompt set names no classes of data "
                               f"{self.data_cfg.name} (set loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0)")
         images, labels = load_images(self.data_cfg, "train")
-        pad = int(self.data_cfg.get("pad", 0))
-        images = torch.nn.functional.pad(images, (pad,) * 4, value=-1.0) if pad else images
+        latents = self.latents(teacher, images, device, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        latents = torch.cat([teacher.encode(x.to(device), gen if device == torch.device("cpu") else None) for x in images.split(500)])
         rows = [(conditions.classes == int(y)).nonzero().flatten() for y in labels]
         if any(len(r) == 0 for r in rows):
             raise ConfigError(f"data.prompts names no prompt for some classes of data {self.data_cfg.name}")
         picked = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])
         return latents, conditions.table[picked].to(device)
+
+    def latents(self, teacher, images: torch.Tensor, device, seed: int) -> torch.Tensor:
+        """Training images (padded by data.pad as the teacher's VAE was trained) through the VAE's encoder."""
+        pad = int(self.data_cfg.get("pad", 0))
+        images = torch.nn.functional.pad(images, (pad,) * 4, value=-1.0) if pad else images
+        gen = torch.Generator().manual_seed(seed)
+        return torch.cat([teacher.encode(x.to(device), gen if device == torch.device("cpu") else None) for x in images.split(500)])

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
+from teachers.dit import DiTDenoiser, check_dit_folder, is_dit_pipeline
 from teachers.latent import LatentDenoiser, check_pipeline_folder, is_text_pipeline, torch_dtype
 from teachers.mlp import MLPDenoiser
 from teachers.unet import UNetDenoiser
@@ -84,6 +85,9 @@ def check_teacher_folder(path: Path, key: str = "teacher.path") -> None:
     the same layout)."""
     if is_text_pipeline(path):
         check_pipeline_folder(path, key)
+    if is_dit_pipeline(path):
+        check_dit_folder(path, key)
+        return
     model_dir = path / "unet" if is_pipeline(path) else path
     has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
     expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
@@ -108,6 +112,8 @@ def load_model(path: Path, dtype: str | None = None):
     Diffusion pipeline folder."""
     if is_text_pipeline(path):
         return LatentDenoiser.from_pretrained(path, dtype=torch_dtype(dtype))
+    if is_dit_pipeline(path):
+        return DiTDenoiser.from_pretrained(path, dtype=torch_dtype(dtype))
     if is_pipeline(path):
         read_model_config(path / "unet")
         return UNetDenoiser.from_pretrained(path)
@@ -131,8 +137,9 @@ def load_denoiser(path: str | Path, key: str = "teacher.path", kind: str | None 
     adapter, sd or unet). key names the setting that gave the path, in errors; dtype (teacher.dtype) the precision
     of a Stable Diffusion teacher's frozen parts."""
     if is_hub_id(path):
-        if kind == "sd":
-            return LatentDenoiser.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval().requires_grad_(False)
+        if kind in ("sd", "dit"):
+            adapter = LatentDenoiser if kind == "sd" else DiTDenoiser
+            return adapter.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval().requires_grad_(False)
         return UNetDenoiser.from_pretrained(str(path)).eval().requires_grad_(False)
     path = Path(path)
     check_teacher_folder(path, key)

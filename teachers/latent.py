@@ -109,7 +109,55 @@ def training_schedule(scheduler_config: dict):
     return DDPMScheduler(**{k: scheduler_config[k] for k in keys if k in scheduler_config})
 
 
-class LatentDenoiser(DiffusersUNetParts, nn.Module):
+class FrozenVAE:
+    """What latent adapters (Stable Diffusion, DiT) share: a frozen VAE (and an optional AutoencoderTiny for previews)
+    kept outside the module tree, so trainable copies deep-copy only the denoising network and share these."""
+
+    SHARED = ("vae", "text_encoder", "tokenizer", "preview_vae")  # frozen helpers a copy shares, when present
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k not in self.SHARED}
+        new.__dict__.update(copy.deepcopy(state, memo))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k in self.SHARED})
+        return new
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images NCHW in [-1, 1] from latents in scaled units (z / scaling_factor through the VAE decoder)."""
+        vae = self.vae
+        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+        return images.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of images in [-1, 1] (a draw of the VAE posterior times scaling_factor)."""
+        vae = self.vae
+        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+        return (posterior.sample(generator) * vae.config.scaling_factor).float()
+
+    def set_preview_vae(self, tiny) -> None:
+        """teacher.preview_vae: an AutoencoderTiny (TAESD) that decodes progress sheets (evaluation keeps the VAE)."""
+        self.__dict__["preview_vae"] = tiny.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def preview(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images for sheets and previews: through the AutoencoderTiny when one is set, else the VAE."""
+        tiny = self.__dict__.get("preview_vae")
+        if tiny is None:
+            return self.decode(latents)
+        return tiny.decode((latents / tiny.config.scaling_factor).to(tiny.dtype)).sample.float().clamp(-1, 1)
+
+    def move_helpers(self, device) -> None:
+        for key in ("vae", "text_encoder", "preview_vae"):
+            if key in self.__dict__:
+                self.__dict__[key].to(device)
+
+
+class LatentDenoiser(FrozenVAE, DiffusersUNetParts, nn.Module):
     """D(x, sigma, text_embeddings) on a Stable Diffusion-family UNet's latents.
 
     x: float32 latents (B, C, h, w) in the VAE's scaled units plus sigma-scaled noise; sigma: scalar or (B,);
@@ -140,18 +188,6 @@ class LatentDenoiser(DiffusersUNetParts, nn.Module):
         self.sigma_max = float(sigma_max if sigma_max is not None else table[-1])
         self.sigma_data = float(sigma_data)
         self._null = None  # the empty prompt's embedding, computed once
-
-    def __deepcopy__(self, memo):
-        """A copy shares the frozen VAE, text encoder and tokenizer and copies the UNet (what trains)."""
-        import copy
-
-        new = LatentDenoiser.__new__(LatentDenoiser)
-        memo[id(self)] = new
-        helpers = {k: self.__dict__[k] for k in ("vae", "text_encoder", "tokenizer")}
-        state = {k: v for k, v in self.__dict__.items() if k not in helpers}
-        new.__dict__.update(copy.deepcopy(state, memo))
-        new.__dict__.update(helpers)
-        return new
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -189,25 +225,9 @@ class LatentDenoiser(DiffusersUNetParts, nn.Module):
             self._null = self.encode_condition([""]).to(cond.device)
         return self._null.expand(len(cond), *self._null.shape[1:]).to(cond.dtype)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images NCHW in [-1, 1] from latents in scaled units (z / scaling_factor through the VAE decoder)."""
-        vae = self.vae
-        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
-        return images.float().clamp(-1, 1)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latents of images in [-1, 1] (a draw of the VAE posterior times scaling_factor)."""
-        vae = self.vae
-        posterior = vae.encode(images.to(vae.dtype)).latent_dist
-        return (posterior.sample(generator) * vae.config.scaling_factor).float()
-
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        device = next(self.unet.parameters()).device
-        self.vae.to(device)
-        self.text_encoder.to(device)
+        self.move_helpers(next(self.unet.parameters()).device)
         self._null = None
         return self
 

@@ -86,3 +86,21 @@ def tiny_sd_folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
     tiny_sd_denoiser().save_pretrained(path)
     return path
+
+
+def tiny_dit_denoiser(seed: int = 0, num_classes: int = 10):
+    """A random DiTTransformer2DModel (learned sigma: 8 output channels for 4 latent ones) with the miniature SD's tiny
+    1-channel VAE and a linear DDPM schedule (DiT's), as the DiT adapter."""
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    from teachers.dit import DiTDenoiser
+    from teachers.mini_sd import all_captions, build_components, build_tokenizer
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae, _, _, _ = build_components(build_tokenizer(all_captions(), 12), **TINY_SD_NET, scheduler={"prediction_type": "epsilon"})
+        transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+                                            sample_size=8, patch_size=2, num_embeds_ada_norm=num_classes)
+    vae.register_to_config(scaling_factor=0.5)
+    return DiTDenoiser(transformer.eval(), scheduler, vae.eval().requires_grad_(False)).requires_grad_(False)

@@ -17,7 +17,7 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
 # recipes name hub teachers and the user's prompt files, so they validate in tests/test_sd_presets.py on tiny folders.
 TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
 USER_FILES = {("data", "prompts"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
-              ("experiment", "sdxl_dmd2_4step")}
+              ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit")}
 
 
 def is_text(group: str, option: str) -> bool:
@@ -31,9 +31,10 @@ def is_image(group: str, option: str) -> bool:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes_and_validates(group, option):
-    if (group, option) in USER_FILES:
-        cfg = compose_config("train", ["experiment=mnist_sd", f"{group}={option}", "run_dir=unused"])
-        assert cfg.data.prompts is not None
+    if (group, option) in USER_FILES:  # they name the user's files or hub models: composition only here
+        base = ["experiment=mnist_sd"] if group == "data" else ["experiment=mnist"] if group == "teacher" else []
+        cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
+        assert cfg.teacher.kind in ("sd", "dit") and cfg.data.kind == "image"
         return
     if is_text(group, option):
         base = ["experiment=mnist_sd"] if group != "experiment" else []
@@ -58,7 +59,7 @@ def test_every_group_option_composes_and_validates(group, option):
 def test_experiments_compose_for_the_other_entry_points(entry, experiment):
     cfg = compose_config(entry, [f"experiment={experiment}", "run_dir=unused"])
     if is_text("experiment", experiment):
-        assert cfg.data.kind == "image" and cfg.teacher.kind == "sd" and cfg.data.prompts.source in ("mnist_captions", "file")
+        assert cfg.data.kind == "image" and cfg.teacher.kind in ("sd", "dit")
     elif is_image("experiment", experiment):
         assert cfg.data.kind == "image" and cfg.teacher.kind == "unet"
     else:

@@ -189,3 +189,33 @@ def test_clip_score_from_a_local_folder_and_a_clear_error_without_one(tmp_path):
     with pytest.raises(ConfigError, match="config.json is missing"):
         (folder / "config.json").unlink()
         clip_score(images, prompts, folder)
+
+
+def test_a_half_precision_teacher_trains_float32_copies(tiny_sd_folder):
+    teacher = load_denoiser(tiny_sd_folder, dtype="bfloat16")
+    assert teacher.unet.dtype == torch.bfloat16 and teacher.vae.dtype == torch.bfloat16
+    student = trainable_copy(teacher)
+    assert student.unet.dtype == torch.float32 and student.vae is teacher.vae
+    cond = teacher.encode_condition(["a seven"])
+    assert cond.dtype == torch.float32
+    z = torch.randn(1, *teacher.shape)
+    with torch.no_grad():
+        x0_teacher = teacher(z * 3.0, 3.0, cond)
+        x0_student = student(z * 3.0, 3.0, cond)
+    assert x0_teacher.dtype == x0_student.dtype == torch.float32
+    torch.testing.assert_close(x0_student, x0_teacher, atol=0.05, rtol=0.05)  # bf16 rounding of the same weights
+    assert teacher.decode(x0_teacher).dtype == torch.float32
+
+
+def test_a_tiny_autoencoder_decodes_previews_and_the_copies_share_it(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    teacher = tiny_sd_denoiser()
+    tiny = AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                           num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1), latent_channels=4)
+    latents = torch.randn(2, *teacher.shape)
+    assert torch.equal(teacher.preview(latents), teacher.decode(latents))  # no tiny autoencoder: the VAE
+    teacher.set_preview_vae(tiny)
+    preview = teacher.preview(latents)
+    assert preview.shape == (2, 1, 32, 32) and not torch.allclose(preview, teacher.decode(latents))
+    assert trainable_copy(teacher).preview_vae is tiny

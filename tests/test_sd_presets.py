@@ -8,7 +8,7 @@ from conftest import compose_config
 
 from distill.config import validate
 from distill.loop import run
-from distill.tasks import TextImageTask
+from distill.tasks import LatentTask
 from teachers.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def prompt_file(tmp_path):
 @pytest.mark.parametrize("name", ["sd15_dmd2", "sd15_dmd"])
 def test_sd15_recipes_validate_with_their_papers_settings(name, tiny_sd_folder, tmp_path, prompt_file):
     cfg = recipe(name, tiny_sd_folder, tmp_path, prompt_file)
-    assert isinstance(validate(cfg), TextImageTask)
+    assert isinstance(validate(cfg), LatentTask)
     assert cfg.optim.student_lr == 1e-5 and cfg.train.grad_clip == 10 and cfg.optim.weight_decay == 0.01
     assert cfg.loss.guidance_scale == (1.75 if name == "sd15_dmd2" else 3.0)
     assert cfg.train.num_fake_steps_per_student_step == (10 if name == "sd15_dmd2" else 1)
