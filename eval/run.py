@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,7 +85,8 @@ def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mi
     base = getattr(teacher, "denoiser", teacher)  # a GuidedDenoiser's own teacher: its conditions and its VAE
     conditions = conditions_for(base, cfg.data, "test", cfg.eval.cache_dir)
     if hasattr(base, "decode"):  # a latent teacher: every sampler's time and images include the VAE decode
-        sample_fns = {label: decoded(fn, base, cfg.eval.get("center_crop")) for label, fn in sample_fns.items()}
+        crop, size = cfg.eval.get("center_crop"), cfg.data.get("resolution")
+        sample_fns = {label: decoded(fn, base, crop, size) for label, fn in sample_fns.items()}
     return evaluate_images(
         sample_fns, data_cfg=cfg.data, eval_cfg=cfg.eval, run_dir=run_dir, shape=teacher.shape,
         conditions=conditions, full_sampler=full_sampler_label(list(sample_fns)), device=device,
@@ -102,8 +104,26 @@ def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
-def decoded(sample_fn: SampleFn, teacher, crop: int | None) -> SampleFn:
-    """The sampler followed by the latent teacher's VAE decode (and eval.center_crop): it makes images."""
+def lanczos_resize(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Generated images NCHW in [-1, 1] through the reference images' pipeline (data.resolution): uint8, center crop
+    to a square, PIL Lanczos to resolution x resolution; None or the size already: as they are."""
+    if resolution is None or tuple(images.shape[-2:]) == (resolution, resolution):
+        return images
+    from PIL import Image
+
+    from teachers.data import center_crop_resize
+
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    mode = "L" if pixels.shape[-1] == 1 else "RGB"
+    out = [np.asarray(center_crop_resize(Image.fromarray(p[..., 0] if mode == "L" else p, mode), resolution)) for p in pixels]
+    resized = torch.from_numpy(np.stack(out)).reshape(len(out), resolution, resolution, -1).permute(0, 3, 1, 2)
+    return (resized.float() / 127.5 - 1).to(images.device)
+
+
+def decoded(sample_fn: SampleFn, teacher, crop: int | None, resolution: int | None = None) -> SampleFn:
+    """The sampler followed by the latent teacher's VAE decode, eval.center_crop and data.resolution: it makes images
+    the way the reference images were made."""
     fn, key = sample_fn.fn, sample_fn.cache_key
-    cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.vae), "center_crop": crop})
-    return SampleFn(sample_fn.nfe, lambda z, c=None: center_crop(teacher.decode(fn(z, c)), crop), cache_key)
+    cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.vae), "center_crop": crop,
+                                                            **({"resolution": resolution} if resolution else {})})
+    return SampleFn(sample_fn.nfe, lambda z, c=None: lanczos_resize(center_crop(teacher.decode(fn(z, c)), crop), resolution), cache_key)

