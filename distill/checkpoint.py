@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from teachers.io import sha256_of
 
@@ -93,13 +93,22 @@ def verify(path: Path) -> dict:
     return manifest
 
 
+def _load_bytes(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load(path.read_bytes())
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error type for a short or garbled file)
+        raise CorruptCheckpoint(f"{path} cannot be read: {err}") from None
+
+
 def load_checkpoint(path: Path, check_hashes: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Tensors (by file stem) and state.json of a sealed checkpoint; check_hashes=False when just verified."""
     if not (path / COMPLETE_MARKER).is_file():
         raise CorruptCheckpoint(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} manifest)")
     if check_hashes:
         verify(path)
-    tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
+    # Read into memory, not mmap: a file truncated while it is read (a reloading server beside a damaged checkpoint)
+    # then fails with an error instead of SIGBUS killing the process.
+    tensors = {p.stem: _load_bytes(p) for p in path.glob("*.safetensors")}
     return tensors, json.loads((path / "state.json").read_text())
 
 

@@ -150,10 +150,11 @@ def test_class_tables_draw_as_randint_and_text_tables_draw_rows():
     """A class table's draw is torch.randint(K) on the same stream (runs from before tables are unchanged)."""
     table = class_conditions(10)
     cond, rows = table.draw(64, generator=torch.Generator().manual_seed(5))
+    # integers from the same generator call (a replay, no float arithmetic)
     assert torch.equal(cond, torch.randint(10, (64,), generator=torch.Generator().manual_seed(5))) and torch.equal(cond, rows)
     text = Conditions(torch.randn(3, 2, 4), prompts=["a", "b", "c"])
     cond, rows = text.draw(16, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(cond, text.table[rows])
+    assert torch.equal(cond, text.table[rows])  # rows gathered from the table (indexing, no arithmetic)
 
 
 def tiny_clip_folder(path):
