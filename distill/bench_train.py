@@ -1,8 +1,8 @@
 """`python -m distill.bench_train [PRESET ...]`: where a distillation step's time goes.
 
 For each experiment preset, at its batch size, in one process: the whole step as the loop runs it (N fake-score
-updates, one student update, the EMA; logging is off its due steps), then each part alone on the same networks and
-batch, the step against the sum of its parts (the rest is the loop's overhead: noise draws, losses, clipping,
+updates, one student update, the EMA; logging is off its due steps) and each part alone on the same networks and
+batch, timed in rounds (the step, then each part, per round; medians), the step against the sum of its parts (the rest is the loop's overhead: noise draws, losses, clipping,
 bookkeeping), peak memory and student updates per second. Writes bench_train.json and bench_train.md."""
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from distill.loop import Prepared, distill_step, prepare, uses_gan
 from teachers.base import expand_sigma, student_input
 from teachers.cli import CONFIG_DIR
 
-PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step")
+PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step", "mnist_sd_dmd2")
 # The pairs only feed the regression batch: a few, cheaply made, do not change a step's cost.
+STEP = "whole step"
 SETUP = ["loss.pairs.num_pairs=512", "loss.pairs.num_steps=2", "train.ema_decay=0.99"]
 
 
@@ -43,18 +44,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2) -> float:
-    """Median wall milliseconds of fn() (CUDA work waited for)."""
-    for _ in range(warmup):
-        fn()
+def wall_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall milliseconds of one fn() call (CUDA work waited for)."""
     synchronize(device)
-    times = []
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> dict[str, float]:
+    """Median wall milliseconds of each fn, timed in rounds (each fn once per round, in turn): a machine whose speed
+    drifts over the minutes of a benchmark (a shared CPU's neighbours, clocks) slows every fn alike, instead of
+    whichever was timed in the slow minutes."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            times[name].append(wall_ms(fn, device))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def step_fn(p: Prepared) -> Callable[[], None]:
@@ -127,8 +137,9 @@ def bench_preset(preset: str, extra: list[str], repeats: int, run_dir: Path) -> 
     device = p.accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = median_ms(step_fn(p), repeats, device)
-    timed = {part.name: {"ms": median_ms(part.fn, repeats, device), "per_step": part.per_step} for part in parts(p)}
+    found = parts(p)
+    ms = interleaved_ms({STEP: step_fn(p)} | {part.name: part.fn for part in found}, repeats, device)
+    step_ms, timed = ms[STEP], {part.name: {"ms": ms[part.name], "per_step": part.per_step} for part in found}
     for optimizer in (p.ctx.student_optimizer, p.ctx.fake_optimizer):
         optimizer.zero_grad(set_to_none=True)  # the parts' gradients are not a training state
     sum_ms = sum(v["ms"] * v["per_step"] for v in timed.values())

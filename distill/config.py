@@ -197,6 +197,7 @@ def check_optim(optim: DictConfig) -> None:
     _require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
              f"optim.betas={betas}; it must be two numbers in [0, 1)")
     _require(_is_number(optim.weight_decay) and optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}; it must be a number >= 0")
+    _require(isinstance(optim.get("fused", False), bool), f"optim.fused={optim.get('fused')}; use true or false")
     _require(optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule={optim.lr_schedule}; allowed: {', '.join(LR_SCHEDULES)}")
     _require(_is_number(optim.min_lr_ratio) and 0 <= optim.min_lr_ratio <= 1,
              f"optim.min_lr_ratio={optim.min_lr_ratio}; it must be a number in [0, 1]")

@@ -74,7 +74,7 @@ class ToyTask:
     def conditions(self, cfg, teacher, part: str):
         return None
 
-    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor]:
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor]:
         """(samples,) of the mixture for the GAN's real side (REAL_TOY_SAMPLES, fixed seed)."""
         x = self.mixture.sample(REAL_TOY_SAMPLES, generator=torch.Generator().manual_seed(cfg.seed))
         return (x.to(device),)
@@ -109,7 +109,7 @@ class ImageTask:
         """The condition table (class labels, or a prompt set's embeddings) the run draws conds from; None: unconditional."""
         return conditions_for(teacher, self.data_cfg, part, cfg.eval.cache_dir)
 
-    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
         """(images[, labels]) of the training split for the GAN's real side; labels for class-conditional teachers."""
         images, labels = load_images(self.data_cfg, "train")
         return (images.to(device), labels.to(device)) if getattr(teacher, "num_classes", None) else (images.to(device),)
@@ -137,11 +137,10 @@ class LatentTask(ImageTask):
         save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
         log_image(accelerator, path, step)
 
-    def real_data(self, cfg, teacher, device) -> tuple[torch.Tensor, ...]:
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
         """(latents, conds) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
         was trained, data.pad), each with its class label, or for a text teacher the embedding of a prompt that names
-        its class."""
-        conditions = self.conditions(cfg, teacher, "train")
+        its class; conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
         if conditions is None or conditions.prompts is None:  # unconditional or class-conditional (DiT)
             images, labels = load_images(self.data_cfg, "train")
             latents = self.latents(teacher, images, device, cfg.seed)
@@ -151,8 +150,8 @@ class LatentTask(ImageTask):
                               f"{self.data_cfg.name} (set loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0)")
         images, labels = load_images(self.data_cfg, "train")
         latents = self.latents(teacher, images, device, cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        rows = [(conditions.classes == int(y)).nonzero().flatten() for y in labels]
+        gen, classes = torch.Generator().manual_seed(cfg.seed), conditions.classes.cpu()
+        rows = [(classes == int(y)).nonzero().flatten() for y in labels]
         if any(len(r) == 0 for r in rows):
             raise ConfigError(f"data.prompts names no prompt for some classes of data {self.data_cfg.name}")
         picked = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])

@@ -37,3 +37,32 @@ def test_the_command_writes_json_and_a_table(tmp_path):
     (result,) = json.loads((tmp_path / "bench_train.json").read_text())
     table = (tmp_path / "bench_train.md").read_text()
     assert result["preset"] == "mnist" and "| **whole step** |" in table and "Step / sum of parts" in table
+
+
+def test_the_step_and_its_parts_are_timed_in_turn():
+    """Rounds of every fn once (after each fn's warm-up calls), so a machine that slows down mid-benchmark slows them alike."""
+    import torch
+
+    from distill.bench_train import interleaved_ms
+
+    calls = []
+    ms = interleaved_ms({"step": lambda: calls.append("step"), "part": lambda: calls.append("part")}, repeats=3,
+                        device=torch.device("cpu"), warmup=1)
+    assert set(ms) == {"step", "part"} and all(v >= 0 for v in ms.values())
+    assert calls == ["step", "part"] + ["step", "part"] * 3
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_optim_fused_chooses_adamws_kernel(fused):
+    """optim.fused=true asks torch for its fused AdamW; false leaves torch's default (not fused)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from distill.loop import make_optimizer
+
+    optim = OmegaConf.create({"betas": [0.9, 0.999], "weight_decay": 0.0, "fused": fused})
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = make_optimizer([param], 1e-3, optim)
+    param.grad = torch.ones(3)
+    opt.step()
+    assert bool(opt.param_groups[0]["fused"]) is fused and float(param[0]) < 1

@@ -97,6 +97,7 @@ def test_unknown_preset_names_the_allowed_ones():
         ("train.ema_decay=1.5", "train.ema_decay=1.5"),
         ("train.max_minutes=0", "train.max_minutes=0; use null or a number > 0"),
         ("loss.sigma.min=100", "need 0 < min < max"),
+        ("optim.fused=maybe", "optim.fused=maybe; use true or false"),
     ],
 )
 def test_bad_values_are_named(override, message):
