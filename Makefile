@@ -2,13 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# --no-compile: Python compiles the modules it imports on first use instead of pip compiling every file of torch,
+# transformers and the rest at install time. The demo needs no test extras.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet --no-compile -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --no-compile -e ".[test]"
 	touch $@
 
 .PHONY: install browser demo test test-slow
-install: $(VENV)/.installed
+install: $(VENV)/.installed-test
 
 # The browser test drives Debian's chromium (Playwright cannot download browsers here); installed once, as root or with sudo.
 browser:
@@ -18,8 +24,8 @@ browser:
 demo: $(VENV)/.installed
 	$(PY) -m distill hydra.run.dir=runs/demo
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed-test browser
 	$(PY) -m pytest -q
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m slow
