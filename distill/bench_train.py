@@ -2,8 +2,9 @@
 
 For each experiment preset, at its batch size, in one process: the whole step as the loop runs it (N fake-score
 updates, one student update, the EMA; logging is off its due steps) and each part alone on the same networks and
-batch, timed in rounds (the step, then each part, per round; medians), the step against the sum of its parts (the rest is the loop's overhead: noise draws, losses, clipping,
-bookkeeping), peak memory and student updates per second. Writes bench_train.json and bench_train.md."""
+batch, timed in rounds (the step, then each part, per round; medians); the step against the sum of its parts (the
+rest is the loop's overhead: noise draws, losses, clipping, bookkeeping), peak memory and student updates per second.
+Writes bench_train.json and bench_train.md."""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ from teachers.base import expand_sigma, student_input
 from teachers.cli import CONFIG_DIR
 
 PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step", "mnist_sd_dmd2")
-# The pairs only feed the regression batch: a few, cheaply made, do not change a step's cost.
 STEP = "whole step"
+# The pairs only feed the regression batch: a few, cheaply made, do not change a step's cost.
 SETUP = ["loss.pairs.num_pairs=512", "loss.pairs.num_steps=2", "train.ema_decay=0.99"]
 
 

@@ -141,15 +141,14 @@ class LatentTask(ImageTask):
         """(latents, conds) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
         was trained, data.pad), each with its class label, or for a text teacher the embedding of a prompt that names
         its class; conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
-        if conditions is None or conditions.prompts is None:  # unconditional or class-conditional (DiT)
-            images, labels = load_images(self.data_cfg, "train")
-            latents = self.latents(teacher, images, device, cfg.seed)
-            return (latents, labels.to(device)) if conditions is not None else (latents,)
-        if conditions.classes is None or not bool((conditions.classes >= 0).any()):
+        text = conditions is not None and conditions.prompts is not None
+        if text and (conditions.classes is None or not bool((conditions.classes >= 0).any())):
             raise ConfigError("the GAN's real side needs captioned images; this prompt set names no classes of data "
                               f"{self.data_cfg.name} (set loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0)")
         images, labels = load_images(self.data_cfg, "train")
         latents = self.latents(teacher, images, device, cfg.seed)
+        if not text:  # unconditional or class-conditional (DiT)
+            return (latents, labels.to(device)) if conditions is not None else (latents,)
         gen, classes = torch.Generator().manual_seed(cfg.seed), conditions.classes.cpu()
         rows = [(classes == int(y)).nonzero().flatten() for y in labels]
         if any(len(r) == 0 for r in rows):
