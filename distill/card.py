@@ -2,43 +2,21 @@
 grid beside its teacher, and a Hugging Face model card (README.md) whose snippet makes the student's own image."""
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from pathlib import Path
 
 import torch
-from diffusers import LCMScheduler
 from omegaconf import OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from eval.harness import teacher_sample_fns
 from eval.samplers import multistep_student
 from teachers.guidance import GuidedDenoiser
-from teachers.unet import sigma_to_t
 
 CARD_FILE, GRID_FILE, CONFIG_FILE = "README.md", "samples.png", "train_config.yaml"
 GRID_SEEDS = 8
 TEACHER_SAMPLER = {"name": "heun", "num_steps": 18}  # 35 network evaluations, the teacher's full sampler in eval
-
-
-def student_scheduler(denoiser, sigmas: list[float]) -> tuple[LCMScheduler | None, list[float], bool]:
-    """The scheduler a stock DDPMPipeline runs the student with, the student's timesteps on the teacher's table, and
-    whether the scheduler reproduces them exactly.
-
-    LCMScheduler with original_inference_steps = k gives DMD2's trailing timesteps (999, 749, 499, 249 for k = 4 of
-    1000; 999 for one step), predicts x0 and re-noises it with fresh noise as DMD2's k-step sampler does. Its
-    consistency boundary scaling is c_skip = 0.25 / ((10 t)^2 + 0.25) < 1e-7 at t >= 249, so it returns x0 itself."""
-    if not hasattr(denoiser, "scheduler"):  # not a diffusers UNet (the toy MLP): no pipeline to set
-        return None, [], False
-    k = len(sigmas)
-    timesteps = sigma_to_t(torch.tensor(sigmas, dtype=torch.float32), denoiser.sigmas).tolist()
-    accepted = inspect.signature(LCMScheduler.__init__).parameters  # the teacher's DDPM-only keys would warn on every load
-    config = {key: value for key, value in denoiser.scheduler.config.items() if key in accepted}
-    scheduler = LCMScheduler.from_config({**config, "original_inference_steps": k, "clip_sample": False, "thresholding": False})
-    scheduler.set_timesteps(k)
-    exact = all(abs(t - int(s)) < 1e-3 for t, s in zip(timesteps, scheduler.timesteps.tolist()))
-    return scheduler, timesteps, exact
 
 
 def student_images(student, noise: torch.Tensor, sigmas: list[float], cond, generator: torch.Generator) -> torch.Tensor:
@@ -49,64 +27,31 @@ def student_images(student, noise: torch.Tensor, sigmas: list[float], cond, gene
     return (x / 2 + 0.5).clamp(0, 1)
 
 
-def usage_snippet(denoiser, sigmas: list[float], timesteps: list[float], exact: bool, prompts: list[str] | None = None) -> str:
-    """The smallest exact code that makes the student's images; defines `images` (NHWC numpy in [0, 1])."""
-    shape, k = tuple(denoiser.shape), len(sigmas)
-    classes = getattr(denoiser, "num_classes", None)
-    if hasattr(denoiser, "transformer") and exact:  # a DiTPipeline: its own call, without CFG (guidance_scale=1)
-        return f'''import torch
-from diffusers import DiTPipeline
-
-pipe = DiTPipeline.from_pretrained(".")  # this folder, or its hub id
-generator = torch.Generator().manual_seed(0)
-images = pipe([0, 1, 2, 3], num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # classes 0..{classes - 1}; NHWC in [0, 1]
-'''
-    if getattr(denoiser, "text_conditional", False):  # a Stable Diffusion pipeline: its own call, without CFG (guidance_scale=1)
-        prompts = list(prompts or ["a photo"])[:4]
-        return f'''import torch
-from diffusers import StableDiffusionPipeline
-
-pipe = StableDiffusionPipeline.from_pretrained(".")  # this folder, or its hub id
-generator = torch.Generator().manual_seed(0)
-prompts = {prompts!r}
-images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # NHWC in [0, 1]
-'''
-    if not exact:  # timesteps between the table's integers: stock schedulers round them
-        cond = f"torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}" if classes else "None"
-        return f'''import torch
+TOOLKIT_SNIPPET = '''import torch
+import teachers
 from eval.samplers import multistep_student
-from teachers.io import load_denoiser
 
-student = load_denoiser(".")  # this folder (needs the onestep-distill package)
+student = teachers.load(".")  # this folder (needs the onestep-distill package)
 generator = torch.Generator().manual_seed(0)
 labels = {cond}
-x = torch.randn((4, {', '.join(map(str, shape))}), generator=generator)
+x = torch.randn((4, {shape}), generator=generator)
 with torch.no_grad():
-    x = multistep_student(student, x, torch.tensor({[round(s, 6) for s in sigmas]}), labels, generator)
+    x = multistep_student(student, x, torch.tensor({sigmas}), labels, generator)
 images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # NHWC in [0, 1]
 '''
-    if classes:  # DDPMPipeline passes no class labels: the same loop, written out
-        return f'''import torch
-from diffusers import LCMScheduler, UNet2DModel
+NOT_EXACT = ("its timesteps fall between the integers of the teacher's table, which stock diffusers schedulers round; "
+             "the exact sampler is the toolkit's")
 
-unet = UNet2DModel.from_pretrained(".", subfolder="unet")  # this folder, or its hub id
-scheduler = LCMScheduler.from_pretrained(".", subfolder="scheduler")
-generator = torch.Generator().manual_seed(0)
-labels = torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}
-x = torch.randn((len(labels), {', '.join(map(str, shape))}), generator=generator)
-scheduler.set_timesteps({k})
-with torch.no_grad():
-    for t in scheduler.timesteps:
-        x = scheduler.step(unet(x, t, class_labels=labels).sample, t, x, generator=generator).prev_sample
-images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # NHWC in [0, 1]
-'''
-    return f'''import torch
-from diffusers import DDPMPipeline
 
-pipe = DDPMPipeline.from_pretrained(".")  # this folder, or its hub id
-generator = torch.Generator().manual_seed(0)
-images = pipe(batch_size=4, num_inference_steps={k}, generator=generator, output_type="np").images  # NHWC in [0, 1]
-'''
+def usage_snippet(denoiser, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str:
+    """The smallest exact code that makes the student's images; defines `images` (NHWC numpy in [0, 1]): the family's
+    stock pipeline where its scheduler hits the student's steps, else the toolkit's own sampler."""
+    snippet = denoiser.usage_snippet(sigmas, exact, prompts)
+    if snippet is not None:
+        return snippet
+    classes = denoiser.num_classes
+    cond = f"torch.tensor([0, 1, 2, 3])  # classes 0..{classes - 1}" if classes else "None"
+    return TOOLKIT_SNIPPET.format(cond=cond, shape=", ".join(map(str, denoiser.shape)), sigmas=[round(s, 6) for s in sigmas])
 
 
 def snippet_from_card(card: str) -> str:
@@ -120,11 +65,10 @@ def snippet_from_card(card: str) -> str:
 def sample_grid(student, teacher, sigmas: list[float], path: Path, prompts: list[str] | None = None, guidance_scale: float = 1.0) -> None:
     """Two rows on the same seeds (and classes 0..7, or the record's prompts): the teacher's full sampler (with the
     real score's guidance for text-to-image), then the student; latents decoded with the student's VAE."""
-    classes = getattr(student, "num_classes", None)
+    classes = student.num_classes
     cond = torch.arange(GRID_SEEDS) % classes if classes else None
-    text = getattr(student, "text_conditional", False)
-    decode = student.decode if text else (lambda x: x)
-    if text:
+    decode = student.decode
+    if student.text_conditional:
         chosen = list(prompts or [""])
         cond = student.encode_condition([chosen[i % len(chosen)] for i in range(GRID_SEEDS)])
     noise = torch.randn((GRID_SEEDS, *student.shape), generator=torch.Generator().manual_seed(0))
@@ -173,16 +117,11 @@ def _fmt(value) -> str:
 def model_card(denoiser, record: dict, config: dict | None, metrics: dict, license_id: str, source: str) -> str:
     """README.md of an exported student: metadata, the grid, the exact snippet, the figures, the training config."""
     sigmas = record["sigmas"]
-    _, timesteps, exact = student_scheduler(denoiser, sigmas)
+    scheduler, timesteps, exact = denoiser.export_scheduler(sigmas)
     k, teacher = len(sigmas), record.get("teacher") or "trained in the run"
-    classes = getattr(denoiser, "num_classes", None)
-    text = getattr(denoiser, "text_conditional", False)
-    how = ("a stock `StableDiffusionPipeline` with the `LCMScheduler` stored here runs it (guidance_scale=1: the guidance is distilled in)" if text and exact else
-           "a stock `DiTPipeline` with the `LCMScheduler` stored here runs it (guidance_scale=1: the guidance is distilled in)" if hasattr(denoiser, "transformer") and exact else
-           "a stock `DDPMPipeline` with the `LCMScheduler` stored here runs it" if exact and not classes else
-           "stock diffusers runs it with the `LCMScheduler` stored here; `DDPMPipeline` passes no class labels, so the loop is written out" if exact else
-           "its timesteps fall between the integers of the teacher's table, which stock diffusers schedulers round; the exact sampler is the toolkit's")
-    tag = "text-to-image" if text else "image-generation" if hasattr(denoiser, "transformer") else "unconditional-image-generation"
+    classes = denoiser.num_classes
+    tag, how = denoiser.card_facts()
+    how = how if exact or scheduler is None else NOT_EXACT
     front = {"library_name": "diffusers", "pipeline_tag": tag, "base_model": teacher, "license": license_id,
              "tags": ["diffusion-distillation", "dmd", "onestep-distill", f"{k}-step"]}
     lines = ["---", *OmegaConf.to_yaml(OmegaConf.create(front)).strip().splitlines(), "---", "",
@@ -193,7 +132,7 @@ def model_card(denoiser, record: dict, config: dict | None, metrics: dict, licen
              f"{how}.", "", f"![teacher (top, Heun, 35 evaluations) and this student (bottom), same seeds]({GRID_FILE})", "",
              "## Usage", "", "Run in this folder (or replace `\".\"` with its hub id). It makes the same images as the toolkit's own sampler for the same seed"
              + (" and classes" if classes else "") + " (tested to 1e-3 on [0, 1] pixels).", "",
-             f"```python\n{usage_snippet(denoiser, sigmas, timesteps, exact, record.get('prompts'))}```", "",
+             f"```python\n{usage_snippet(denoiser, sigmas, exact, record.get('prompts'))}```", "",
              f"The step count ({k}) must be the student's own: the scheduler holds its timesteps, and a larger count raises an error instead of running a 1000-step loop.",
              "", "## Evaluation", "", metrics_table(metrics), "## Training", "",
              f"Real score's guidance scale {record.get('guidance_scale', 1.0)}; the resolved training config is `{CONFIG_FILE}`"

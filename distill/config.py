@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from distill.checkpoint import CorruptCheckpoint, verify
 from distill.schedule import LR_SCHEDULES
@@ -13,11 +13,12 @@ from eval.samplers import SAMPLERS
 from teachers.base import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
-from teachers.io import check_teacher_folder, is_hub_id, read_model_config
-from teachers.dit import is_dit_pipeline
-from teachers.latent import check_config as check_sd_config, is_text_pipeline
-from teachers.zoo import resolve_model_path
+from teachers import families
+from teachers.families import Family
+from teachers.latent import check_config as check_sd_config
+from teachers.io import read_model_config
 from teachers.train import check_teacher_config
+from teachers.vp import sigma_range as vp_sigma_range
 
 REAL_SCORES = ("network", "analytic")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -48,44 +49,69 @@ def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> 
         _require(_is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
 
 
-def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> None:
-    """teacher.real is known; a given teacher.path is a teacher folder of the data's dimension."""
+def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> Family:
+    """teacher.real is known; a given teacher.path is an MLP teacher folder of the data's dimension."""
     _require(teacher.real in REAL_SCORES, f"teacher.real={teacher.real}; allowed: {', '.join(REAL_SCORES)}")
     if teacher.path is None:
         check_teacher_config(teacher)  # it will be trained in the run
-        return
-    check_teacher_folder(Path(teacher.path))
-    dim = read_model_config(Path(teacher.path)).get("dim")
+        return families.FAMILIES["mlp"]
+    family = families.expect_family(teacher.path, "mlp")
+    dim = read_model_config(families.local_folder(teacher.path)).get("dim")
     _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
+    return family
 
 
 IMAGE_TEACHERS = ("unet", "sd", "dit")
-LATENT_TEACHERS = ("sd", "dit")
 
 
-def check_image_teacher(teacher: DictConfig, data: DictConfig) -> None:
-    """A UNet teacher (class labels or none) or a Stable Diffusion-family teacher (prompts) for image data: a zoo
-    name, a pipeline folder of that kind, or a hub id (owner/name)."""
+def check_image_teacher(teacher: DictConfig, data: DictConfig) -> Family:
+    """A UNet teacher (class labels or none), a Stable Diffusion-family teacher (prompts) or a DiT (class labels) for
+    image data: a zoo name, a pipeline folder or a hub id, whose family (read from its model_index.json, no weights)
+    fits the teacher group."""
     kind = teacher.get("kind", "mlp")
     _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet, teacher=sd or teacher=dit")
-    text = data.get("prompts") is not None
     if kind == "sd":
         check_sd_config(teacher, data)  # the SD adapter checks its own settings
     else:
-        if text:
+        if data.get("prompts") is not None:
             raise ConfigError(f"data.prompts is set (data={data.name}) but teacher={kind} takes class labels, not prompts; "
                               "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")
         if kind == "dit" and teacher.path is None:
             raise ConfigError("teacher=dit needs teacher.path (a DiTPipeline folder or a hub id such as facebook/DiT-XL-2-256)")
-    path = teacher.path
-    if path is None or is_hub_id(path):
+    return families.FAMILIES["unet"] if teacher.path is None else families.expect_family(teacher.path, kind)
+
+
+def teacher_sigma_range(cfg: DictConfig) -> tuple[float, float] | None:
+    """The teacher's [sigma_min, sigma_max] from its configs (no weights): its folder's, or the one the run trains."""
+    if cfg.teacher.path is not None:
+        return families.sigma_range(cfg.teacher.path)
+    if cfg.teacher.get("scheduler") is not None:  # a UNet trained in the run: its DDPM table
+        return vp_sigma_range(dict(cfg.teacher.scheduler), {})
+    return 0.002, 80.0  # an MLP trained in the run: MLPDenoiser's defaults
+
+
+SIGMA_TOLERANCE = 1e-3  # relative: presets write table values to a few digits
+
+
+def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None) -> None:
+    """Every configured noise level lies in the teacher's [sigma_min, sigma_max] (refused, not clamped: the adapters
+    would run the network at the clamped sigma while the noising used the configured one); a null loss bound is the
+    teacher's own, written into the config."""
+    if sigma_range is None:
         return
-    folder = Path(resolve_model_path(path))
-    check_teacher_folder(folder)
-    found = "sd" if is_text_pipeline(folder) else "dit" if is_dit_pipeline(folder) else "unet"
-    if found != kind:
-        names = {"sd": "a Stable Diffusion (text-to-image) pipeline", "dit": "a DiT pipeline", "unet": "a UNet2DModel pipeline"}
-        raise ConfigError(f"teacher.path={path} is {names[found]}, not {names[kind]}; use teacher={found}")
+    low, high = sigma_range
+    inside = lambda v: low * (1 - SIGMA_TOLERANCE) <= v <= high * (1 + SIGMA_TOLERANCE)  # noqa: E731
+    allowed = f"the teacher's sigma range [{low:.6g}, {high:.6g}]"
+    for name in ("sigma", "fake_sigma", "gan_sigma"):
+        section = cfg.loss[name]
+        for bound, default in (("min", low), ("max", high)):
+            if section[bound] is None:
+                with open_dict(section):
+                    section[bound] = float(default)
+            value = section[bound]
+            _require(_is_number(value) and inside(value), f"loss.{name}.{bound}={value} is outside {allowed}; set it inside, or null for the teacher's own")
+    for value in cfg.student.sigmas or []:
+        _require(inside(value), f"student.sigmas={list(cfg.student.sigmas)}: {value} is outside {allowed}")
 
 
 def check_loss(loss: DictConfig) -> None:
@@ -223,18 +249,21 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.get("kind", "toy")
-    trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") not in LATENT_TEACHERS  # latent teachers are never trained in the run
+    trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") in ("mlp", "unet")  # latent teachers are never trained in the run
     if cfg.loss.guidance_scale != 1 and trained_here and not cfg.teacher.get("net", {}).get("class_conditional"):
         raise ConfigError(f"loss.guidance_scale={cfg.loss.guidance_scale} needs a class-conditional teacher; "
                           "the teacher trained in this run is unconditional (use loss.guidance_scale=1)")
     if kind == "image":
-        check_image_teacher(cfg.teacher, cfg.data)
-        task = LatentTask(cfg.data) if cfg.teacher.kind in LATENT_TEACHERS else ImageTask(cfg.data)
+        family = check_image_teacher(cfg.teacher, cfg.data)
+        task = LatentTask(cfg.data) if family.latent else ImageTask(cfg.data)
     else:
         _require(cfg.teacher.get("kind", "mlp") == "mlp", f"teacher={cfg.teacher.kind} needs image data (data=mnist|digits|...)")
         mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
-        check_teacher(cfg.teacher, mixture)
+        family = check_teacher(cfg.teacher, mixture)
         task = ToyTask(mixture)
+    with open_dict(cfg.teacher):
+        cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
+    check_sigma_ranges(cfg, teacher_sigma_range(cfg))
     check_loss(cfg.loss)
     check_train(cfg.train, cfg.student)
     check_step_sigma(cfg.loss, cfg.student)

@@ -13,13 +13,14 @@ import torch
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 
-from distill.card import CARD_FILE, CONFIG_FILE, GRID_FILE, model_card, read_metrics, sample_grid, student_scheduler, teacher_license
-from distill.lora import add_lora, fuse_lora, has_lora, lora_state_dict, save_lora_weights
+import teachers
+from distill.card import CARD_FILE, CONFIG_FILE, GRID_FILE, model_card, read_metrics, sample_grid, teacher_license
+from distill.lora import add_lora, fuse_lora, has_lora, lora_state_dict
 from distill.checkpoint import COMPLETE_MARKER, CorruptCheckpoint, STEP_DIR, latest_loadable, load_checkpoint
 from distill.tasks import teacher_path
 from eval.harness import STUDENT_FILE
 from teachers.errors import ConfigError
-from teachers.io import load_denoiser, write_folder_atomic
+from teachers.io import write_folder_atomic
 
 
 def student_weights(student, ema: EMAModel | None):
@@ -30,11 +31,13 @@ def student_weights(student, ema: EMAModel | None):
     return export
 
 
-def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: str | None = None, prompts: list[str] | None = None) -> dict:
+def student_record(sigmas: list[float], guidance_scale: float = 1.0, teacher: str | None = None, prompts: list[str] | None = None,
+                   family: str | None = None) -> dict:
     """What `python -m eval` needs beside the weights to sample and judge the student as it was trained: its sigma list
     (one entry for one step: its own conditioning sigma), and the real score's CFG scale with the teacher it refers to;
-    for a text-to-image student, a few of its evaluation prompts (the card's grid and snippet)."""
-    record = {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher}
+    its model family (later commands load with it); for a text-to-image student, a few of its evaluation prompts (the
+    card's grid and snippet)."""
+    record = {"sigmas": [float(s) for s in sigmas], "guidance_scale": float(guidance_scale), "teacher": teacher, "family": family}
     return record | ({"prompts": list(prompts)} if prompts else {})
 
 
@@ -56,7 +59,7 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
     if has_lora(model):  # written twice: fused into the pipeline, and as LoRA weights for the teacher's pipeline
         lora = lora_state_dict(model)
         fuse_lora(model)
-    scheduler, _, _ = student_scheduler(model, record["sigmas"])
+    scheduler, _, _ = model.export_scheduler(record["sigmas"])
     config = _run_config_or_none(run_dir)
 
     def write(tmp: Path) -> None:
@@ -64,8 +67,8 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             model.save_pretrained(tmp, safe_serialization=True, scheduler=scheduler)
-        if lora is not None and getattr(model, "text_conditional", False):
-            save_lora_weights(tmp, lora)
+        if lora is not None:  # where the family's stock pipeline has a LoRA loader (Stable Diffusion)
+            model.save_lora_weights(tmp, lora)
         (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
         if scheduler is not None:
             teacher = _teacher_or_none(record, config, run_dir)
@@ -83,7 +86,7 @@ def write_model_card(path: Path, run_dir: Path, source: str = "the run") -> None
     if not (path / "model_index.json").is_file():  # a toy MLP student: no pipeline, no card
         return
     record = json.loads((path / STUDENT_FILE).read_text())
-    _write_card(path, load_denoiser(path, key="student"), record, _run_config_or_none(run_dir), read_metrics(run_dir), source)
+    _write_card(path, teachers.load(path, key="student", family=record.get("family")), record, _run_config_or_none(run_dir), read_metrics(run_dir), source)
 
 
 def _write_card(folder: Path, model, record: dict, config, metrics: dict, source: str) -> None:
@@ -111,13 +114,13 @@ def _run_config_or_none(run_dir: Path | None):
 
 def _teacher_or_none(record: dict, config, run_dir: Path | None):
     """The teacher for the card's grid, when it is on this machine (a hub id is not fetched)."""
-    candidates = [teacher_folder(record["teacher"])] if record.get("teacher") else []
+    candidates, family = [teacher_folder(record["teacher"])] if record.get("teacher") else [], record.get("family")
     if run_dir is not None and config is not None and config.teacher.path is None:
         candidates.append(str(Path(run_dir) / "teacher"))
     for candidate in candidates:
         if Path(candidate).is_dir():
             try:
-                return load_denoiser(candidate)
+                return teachers.load(candidate, family=family)
             except ConfigError:
                 return None
     return None
@@ -142,7 +145,7 @@ def student_from_checkpoint(checkpoint: Path, use_ema: bool = True) -> tuple[tor
     tensors, _ = load_checkpoint(checkpoint)
     run_dir = checkpoint.parent.parent
     cfg = run_config(run_dir)
-    student = load_denoiser(teacher_path(cfg, run_dir))
+    student = teachers.load(teacher_path(cfg, run_dir), family=cfg.teacher.get("family"))
     if cfg.get("lora") is not None and cfg.lora.rank is not None:
         add_lora(student, cfg.lora)
     student.load_state_dict(tensors["student"])
@@ -150,7 +153,8 @@ def student_from_checkpoint(checkpoint: Path, use_ema: bool = True) -> tuple[tor
         for i, param in enumerate(student.parameters()):
             param.data.copy_(tensors["ema"][str(i)])
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    record = student_record(cfg.student.sigmas or [student.sigma_max], cfg.loss.guidance_scale, teacher, record_prompts(cfg))
+    record = student_record(cfg.student.sigmas or [student.sigma_max], cfg.loss.guidance_scale, teacher, record_prompts(cfg),
+                            cfg.teacher.get("family"))
     return student.eval().requires_grad_(False), record
 
 
@@ -199,7 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="the export folder (default: <run dir>/exports/step-N)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="the EMA weights (default) or, with --no-ema, the raw ones")
     parser.add_argument("--overwrite", action="store_true", help="replace an --out folder that is not an export")
-    parser.add_argument("--lora", action="store_true", help="check that the run is a LoRA run (its export always holds pytorch_lora_weights.safetensors beside the fused pipeline)")
+    parser.add_argument("--lora", action="store_true", help="check that the run is a LoRA run; its export holds the fused pipeline, and "
+                        "pytorch_lora_weights.safetensors beside it where the family's stock pipeline loads LoRA weights (Stable Diffusion; not DDPMPipeline or DiTPipeline)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the export (needs your token and network)")
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files it would upload, upload nothing")
     return parser.parse_args(argv)

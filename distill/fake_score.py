@@ -40,7 +40,7 @@ def module_output(denoiser: nn.Module, module: nn.Module, x: torch.Tensor, sigma
 
 def find_time_embedding(denoiser: nn.Module) -> nn.Module:
     """The module whose output is the denoiser's noise-level embedding (`time_embedding` on the adapter)."""
-    module = getattr(denoiser, "time_embedding", None)
+    module = denoiser.time_embedding
     if not isinstance(module, nn.Module):
         raise ConfigError(
             f"loss.step_aware_fake_score=true needs a time embedding to add the step to, but {type(denoiser).__name__} "
@@ -52,8 +52,8 @@ def find_time_embedding(denoiser: nn.Module) -> nn.Module:
 def probe_input(denoiser: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One zero input (and class label 0, or the empty prompt's embedding) to read a module's output size with."""
     x = torch.zeros(1, *tuple(denoiser.shape), device=next(denoiser.parameters()).device)
-    cond = torch.zeros(1, dtype=torch.long, device=x.device) if getattr(denoiser, "num_classes", None) else None
-    if getattr(denoiser, "text_conditional", False):
+    cond = torch.zeros(1, dtype=torch.long, device=x.device) if denoiser.num_classes else None
+    if denoiser.text_conditional:
         cond = denoiser.encode_condition([""]).to(x.device)
     return x, cond
 

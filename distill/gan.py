@@ -19,7 +19,7 @@ from teachers.errors import ConfigError
 
 def find_bottleneck(denoiser: nn.Module) -> nn.Module:
     """The module whose output is the denoiser's bottleneck features (`bottleneck` on the adapter)."""
-    module = getattr(denoiser, "bottleneck", None)
+    module = denoiser.bottleneck
     if not isinstance(module, nn.Module):
         raise ConfigError(
             f"loss.gan_generator_weight/gan_discriminator_weight > 0 needs bottleneck features, but "

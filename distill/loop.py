@@ -31,7 +31,7 @@ from distill.steps import Batch, FakeLoss, Networks, StudentLoss, fake_step, sca
 from teachers.conditions import Conditions
 from teachers.errors import ConfigError, TrainingStopped
 from teachers.guidance import GuidedDenoiser
-from teachers.io import load_denoiser
+import teachers
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerato
         progress=accelerator.is_main_process,
     )
     accelerator.wait_for_everyone()
-    pairs = load_pairs(path, cfg.loss.pairs.num_pairs)
-    if conditions is not None:  # stored as row indices: the conds themselves are the table's rows
-        pairs = (*pairs[:2], conditions.table[pairs[2]])
+    pairs = load_pairs(path, cfg.loss.pairs.num_pairs)  # conds as row indices: a batch's rows are looked up per step
     return tuple(t.to(accelerator.device) for t in pairs)
 
 
@@ -90,7 +88,7 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
             add_lora(fake, lora)
     if gradient_checkpointing:
         for network in (student, fake):
-            enable_gradient_checkpointing(network)
+            network.enable_gradient_checkpointing()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
         head = build_head(fake).train() if gan else None
@@ -116,14 +114,6 @@ def trainable(network: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in network.parameters() if p.requires_grad]
 
 
-def enable_gradient_checkpointing(network: torch.nn.Module) -> None:
-    """train.gradient_checkpointing: recompute the UNet's (DiT's) activations in backward (memory for time)."""
-    model = getattr(network, "unet", None) or getattr(network, "transformer", None)
-    if model is None or not getattr(model, "_supports_gradient_checkpointing", False):
-        raise ConfigError(f"train.gradient_checkpointing=true needs a diffusers UNet or transformer; {type(network).__name__} has none (set it to false)")
-    model.enable_gradient_checkpointing()
-
-
 def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, train: DictConfig, counters: Counters) -> float:
     """Set every optimizer's learning rate for the next step; the factor is the same on every process."""
     if optim.lr_schedule == "constant":  # nothing to set, and no all-reduce on every step
@@ -139,7 +129,7 @@ def apply_lr_schedule(accelerator: Accelerator, optimizers, optim: DictConfig, t
 
 def fake_score_weighting(loss: DictConfig, teacher) -> str:
     """loss.fake_score_weighting, with `auto` = the teacher network's own MSE (eps-MSE for an eps UNet, as DMD2)."""
-    return getattr(teacher, "loss_weighting", "edm") if loss.fake_score_weighting == "auto" else loss.fake_score_weighting
+    return teacher.loss_weighting if loss.fake_score_weighting == "auto" else loss.fake_score_weighting
 
 
 def random_batch(tensors, batch_size: int, device):
@@ -159,9 +149,9 @@ def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir:
     """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
     sigmas = cfg.student.sigmas or [state.student.sigma_max]
     teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg))
+    record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg), cfg.teacher.get("family"))
     export_student(state.student, state.ema, run_dir / "student", record, run_dir)
-    student = load_denoiser(run_dir / "student").to(device)
+    student = teachers.load(run_dir / "student", key="student", family=cfg.teacher.get("family")).to(device)
     metrics = task.evaluate(cfg, student, real, run_dir, device)
     write_model_card(run_dir / "student", run_dir)  # now with the figures
     return metrics
@@ -253,6 +243,8 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
     batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
+    if batch_pairs is not None and ctx.conditions is not None:  # the pairs' condition rows -> their conds
+        batch_pairs = (*batch_pairs[:2], ctx.conditions.rows(batch_pairs[2]))
     z, cond, steps = ctx.draw_z(n), ctx.draw_cond(n), ctx.draw_steps(n)
     batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(n))
     student_logs, x = student_step(ctx.networks, ctx.student_optimizer, batch, ctx.sample_sigma, batch_pairs, ctx.student_loss)
@@ -264,8 +256,10 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
 
 
 def resume(state: TrainState, checkpoints: Path, resume_from: str | None, rank: int, scaler=None) -> Counters:
-    """Load train.resume_from, else the newest checkpoint that verifies; fresh counters when there is none."""
-    path = Path(resume_from) if resume_from else latest_loadable(checkpoints)
+    """Load the run's newest checkpoint that verifies, else train.resume_from (a warm start: once the run has a sealed
+    checkpoint of its own, a re-run of the same command resumes that, not the older one); fresh counters when neither."""
+    own = latest_loadable(checkpoints)
+    path = own if own is not None else Path(resume_from) if resume_from else None
     if path is None:
         return Counters()
     try:  # verified already, by validate() (resume_from) or by latest_loadable()
@@ -311,7 +305,6 @@ def prepare(cfg: DictConfig) -> Prepared:
     # Build the teacher, D_real, the regression pairs, and the student and fake score as copies.
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
     conditions = task.conditions(cfg, teacher, "train")
-    conditions = None if conditions is None else conditions.to(device)
     guided = cfg.loss.guidance_scale != 1
     if guided:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)

@@ -194,7 +194,7 @@ def student_step(
         x_gan, sigma_gan, cond_gan, step_gan = picked(gan_mask, x, gan_sigma, cond, step)
         logits = x_gan.new_zeros(0)
         if len(x_gan):  # gan_mask may pick none (no last-step sample drawn); diffusers' attention refuses an empty batch
-            with frozen(critic):
+            with frozen(critic), nets.accelerator.autocast():  # the unwrapped critic: autocast as its prepared twin has
                 logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan, step_gan)
         loss_gan = batch_mean(generator_loss(logits))
         total = total + gan_weight * loss_gan

@@ -15,7 +15,8 @@ from teachers.conditions import conditions_for
 from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, GMMDenoiser
-from teachers.io import load_denoiser, save_pretrained_atomic
+import teachers
+from teachers.io import save_pretrained_atomic
 from teachers.train import train_image_teacher, train_teacher
 from teachers.zoo import resolve_model_path
 
@@ -45,7 +46,7 @@ def setup_teacher(cfg: DictConfig, run_dir: Path, accelerator: Accelerator, trai
     if cfg.teacher.path is None and not Path(path).exists() and accelerator.is_main_process:
         save_pretrained_atomic(train_fn(), path)
     accelerator.wait_for_everyone()
-    return load_denoiser(path).to(accelerator.device)
+    return teachers.load(path, dtype=cfg.teacher.get("dtype"), family=cfg.teacher.get("family")).to(accelerator.device)
 
 
 class ToyTask:
@@ -112,7 +113,7 @@ class ImageTask:
     def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
         """(images[, labels]) of the training split for the GAN's real side; labels for class-conditional teachers."""
         images, labels = load_images(self.data_cfg, "train")
-        return (images.to(device), labels.to(device)) if getattr(teacher, "num_classes", None) else (images.to(device),)
+        return (images.to(device), labels.to(device)) if teacher.num_classes else (images.to(device),)
 
 
 class LatentTask(ImageTask):
@@ -122,7 +123,7 @@ class LatentTask(ImageTask):
     kind = "image"
 
     def setup_teacher(self, cfg, run_dir, accelerator):
-        teacher = load_denoiser(teacher_path(cfg, run_dir), kind=cfg.teacher.kind, dtype=cfg.teacher.get("dtype")).to(accelerator.device)
+        teacher = setup_teacher(cfg, run_dir, accelerator, None)
         if cfg.teacher.get("preview_vae"):  # TAESD for the progress sheets; the student copies share it
             from diffusers import AutoencoderTiny
 

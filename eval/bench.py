@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -14,9 +15,9 @@ from eval.images import draw_inputs
 from eval.samplers import SAMPLERS
 from eval.run import decoded
 from teachers.conditions import Conditions, class_conditions
+from teachers.errors import ConfigError
 from teachers.guidance import GuidedDenoiser
-from teachers.io import load_denoiser
-from teachers.zoo import resolve_model_path
+import teachers
 
 
 def device_name(device) -> str:
@@ -47,10 +48,11 @@ def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: 
     student_key = student_label(student_fn.nfe)
     real = GuidedDenoiser(teacher, guidance_scale) if guidance_scale != 1 else teacher
     fns = {**teacher_sample_fns(real, samplers), student_key: student_fn}
-    conditions = class_conditions(getattr(teacher, "num_classes", None))
-    if hasattr(teacher, "decode"):
+    conditions = class_conditions(teacher.num_classes)
+    if teacher.text_conditional:
         chosen = list(prompts or [""])
         conditions = Conditions(teacher.encode_condition(chosen).to(device), chosen)
+    if teacher.latent:
         fns = {label: decoded(fn, teacher, center_crop) for label, fn in fns.items()}
     noise, cond = draw_inputs(batch_size, teacher.shape, conditions, seed=0)
     noise, cond = noise.to(device), None if cond is None else cond.to(device)
@@ -78,9 +80,13 @@ def main() -> None:
     parser.add_argument("--center-crop", type=int, default=None, help="latent teachers: crop decoded images to N x N (as eval.center_crop)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = load_denoiser(resolve_model_path(args.teacher)).to(device)
-    student = load_denoiser(args.student, key="student").to(device)
     record = read_student_record(args.student)
+    try:
+        teacher = teachers.load(args.teacher, key="TEACHER").to(device)
+        student = teachers.load(args.student, key="STUDENT", family=record.get("family")).to(device)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     scale = record.get("guidance_scale", 1.0) if args.guidance_scale is None else args.guidance_scale
     figures = benchmark(teacher, student, args.samplers, args.batch_size, args.repeats, device, read_student_sigmas(args.student),
                         guidance_scale=scale, prompts=record.get("prompts"), center_crop=args.center_crop)

@@ -18,6 +18,7 @@ from eval.plots import scatter_panels
 from eval.samplers import get_sampler, karras_sigmas, multistep_student, one_step, sampler_nfe
 from eval.toy_metrics import toy_metrics
 from teachers.gmm import GaussianMixture
+from teachers.io import denoiser_digest
 
 
 STUDENT_FILE = "student.json"  # {"sigmas": [...], "guidance_scale": w, "teacher": path}: how the student was trained
@@ -32,17 +33,6 @@ class SampleFn:
     # () -> what makes its samples a pure function of (noise, labels): a deterministic sampler of a given network,
     # called only when a cache is consulted (eval/images.py; it hashes the weights); None (a student): always sampled.
     cache_key: Callable[[], dict] | None = None
-
-
-def denoiser_digest(denoiser: torch.nn.Module) -> str:
-    """sha256 of a denoiser's weights and buffers, its EDM constants and, for a guided one, its scale: what its
-    samples depend on besides the noise."""
-    constants = {k: getattr(denoiser, k, None) for k in ("sigma_min", "sigma_max", "sigma_data", "scale", "null_class")}
-    digest = hashlib.sha256(f"{type(denoiser).__name__}{sorted(constants.items())}".encode())
-    for name, tensor in sorted(denoiser.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
@@ -83,7 +73,9 @@ def student_label(nfe: int) -> str:
 
 def read_student_record(path) -> dict:
     """student.json beside an exported student (distill.export.student_record); {} for a folder without one."""
-    file = Path(path) / STUDENT_FILE
+    from teachers.zoo import resolve_model_path
+
+    file = Path(resolve_model_path(str(path))) / STUDENT_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
 

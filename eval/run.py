@@ -15,8 +15,7 @@ from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
 from teachers.gmm import GMMDenoiser, mixture_from_lists
 from teachers.guidance import GuidedDenoiser
-from teachers.io import load_denoiser
-from teachers.zoo import resolve_model_path
+import teachers
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,9 @@ def load_models(cfg: DictConfig):
     elif cfg.teacher.path is None:
         raise ConfigError("teacher.path is null; give a teacher folder, or teacher=gmm_exact for the exact mixture")
     else:
-        teacher = load_denoiser(resolve_model_path(cfg.teacher.path))
-    student = load_denoiser(cfg.student_path, key="student_path") if cfg.student_path else None
+        teacher = teachers.load(cfg.teacher.path, dtype=cfg.teacher.get("dtype"))
+    record = read_student_record(cfg.student_path) if cfg.student_path else {}
+    student = teachers.load(cfg.student_path, key="student_path", family=record.get("family")) if cfg.student_path else None
     scale = guidance_scale(cfg)
     return (teacher if scale == 1 else GuidedDenoiser(teacher, scale)), student
 
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict:
         teacher, student = teacher.to(device), None if student is None else student.to(device)
         images, _ = load_images(cfg.data, "test")
         for name, model in (("teacher.path", teacher), ("student_path", student)):
-            if model is not None and not hasattr(getattr(model, "denoiser", model), "decode"):  # latents are not images
+            if model is not None and not model.latent:  # latents are not images
                 check_fits(images, model.shape, f"data={cfg.data.name} vs {name}")
     else:
         mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
@@ -82,9 +82,9 @@ def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mi
         sample_fns[student_label(sample_fn.nfe)] = sample_fn
     if mixture is not None:
         return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
-    base = getattr(teacher, "denoiser", teacher)  # a GuidedDenoiser's own teacher: its conditions and its VAE
+    base = teacher.unguided  # a guided real score's own teacher: its conditions and its VAE
     conditions = conditions_for(base, cfg.data, "test", cfg.eval.cache_dir)
-    if hasattr(base, "decode"):  # a latent teacher: every sampler's time and images include the VAE decode
+    if base.latent:  # a latent teacher: every sampler's time and images include the VAE decode
         crop, size = cfg.eval.get("center_crop"), cfg.data.get("resolution")
         sample_fns = {label: decoded(fn, base, crop, size) for label, fn in sample_fns.items()}
     return evaluate_images(
@@ -124,6 +124,6 @@ def decoded(sample_fn: SampleFn, teacher, crop: int | None, resolution: int | No
     """The sampler followed by the latent teacher's VAE decode, eval.center_crop and data.resolution: it makes images
     the way the reference images were made."""
     fn, key = sample_fn.fn, sample_fn.cache_key
-    cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.vae), "center_crop": crop,
+    cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.decoder_module()), "center_crop": crop,
                                                             **({"resolution": resolution} if resolution else {})})
     return SampleFn(sample_fn.nfe, lambda z, c=None: lanczos_resize(center_crop(teacher.decode(fn(z, c)), crop), resolution), cache_key)

@@ -2,24 +2,100 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
-
 import torch
 
+from teachers.errors import ConfigError
 
-@runtime_checkable
-class Denoiser(Protocol):
-    """D(x, sigma, cond) -> estimate of x0 for x = x0 + sigma * eps.
 
-    x: float32 of shape (B, *shape); sigma: float32 of shape (B,) or a scalar.
+class Teacher:
+    """The teacher protocol: what every model family offers, so nothing outside `teachers/` asks what it holds.
+
+    Required of a family: D(x, sigma, cond) -> x0 estimate (x float32 (B, *shape), sigma scalar or (B,)), and the
+    attributes `sigma_min`, `sigma_max`, `sigma_data` and `shape`. Everything else has a default here that a family
+    overrides where it differs: its conditions (class labels, text), its VAE (latent families), its trainable
+    parts (the diffusers network LoRA and gradient checkpointing act on, the GAN head's feature layer, the time
+    embedding a step-aware fake score adds to), and its export (the scheduler for k steps, the card's snippet).
     """
 
-    sigma_min: float
-    sigma_max: float
-    sigma_data: float
-    shape: tuple[int, ...]
+    family: str = "unknown"  # the registry's name (teachers.families)
+    num_classes: int | None = None  # class labels taken (the null class excluded); None: not class-conditional
+    null_class: int | None = None  # the label of classifier-free guidance's unconditional branch
+    text_conditional: bool = False  # conds are text embeddings (encode_condition(prompts))
+    latent: bool = False  # works on VAE latents: decode/encode/preview go through the VAE
+    loss_weighting: str = "edm"  # the denoising weighting that is the network's own MSE (denoising_loss_weight)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor: ...
+    @property
+    def unguided(self) -> Teacher:
+        """The teacher itself (a guided real score's: the teacher it guides): its conditions and its VAE."""
+        return self
+
+    def student_input(self, noise: torch.Tensor, sigma) -> torch.Tensor:
+        """A student's first input from z ~ N(0, I) at its first sigma: sigma z (DMD's G(z) = D(sigma_max z))."""
+        return noise * torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
+
+    def encode_condition(self, prompts: list[str]):
+        """The conds of a prompt set (text-to-image families)."""
+        raise ConfigError(f"{type(self).__name__} is not text-to-image; it takes no prompts")
+
+    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """The unconditional branch of classifier-free guidance for every row of cond: the null class here."""
+        if self.null_class is None:
+            raise ConfigError(f"classifier-free guidance needs a class-conditional teacher trained with a null class, or a "
+                              f"text-to-image teacher; this {self.family} teacher has none (use loss.guidance_scale=1)")
+        return torch.full_like(cond, self.null_class)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images NCHW in [-1, 1] from samples (pixels: as they are)."""
+        return x
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Samples in the denoiser's space from images in [-1, 1] (pixels: as they are)."""
+        return images
+
+    def decoder_module(self):
+        """The frozen module decode() runs (a latent family's VAE; None for pixels): decoded samples are keyed by it."""
+        return None
+
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """Images for progress sheets (a latent family may decode with a cheaper VAE)."""
+        return self.decode(x)
+
+    @property
+    def bottleneck(self):
+        """The module whose output is the bottleneck features DMD2's GAN head reads; None: no GAN head possible."""
+        return None
+
+    @property
+    def time_embedding(self):
+        """The module whose output is the noise-level embedding a step-aware fake score adds to; None: none."""
+        return None
+
+    def lora_network(self):
+        """The diffusers network LoRA layers go into (peft's add_adapter)."""
+        raise ConfigError(f"lora.rank is set, but {type(self).__name__} has no diffusers network that takes LoRA layers "
+                          "(UNet2DConditionModel does: Stable Diffusion teachers); set lora.rank=null")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the network's activations in backward (train.gradient_checkpointing)."""
+        raise ConfigError(f"train.gradient_checkpointing=true needs a diffusers UNet or transformer; {type(self).__name__} "
+                          "has none (set it to false)")
+
+    def export_scheduler(self, sigmas: list[float]):
+        """(scheduler, timesteps, exact): the diffusers scheduler a stock pipeline runs the student's steps with, the
+        steps as the network's timesteps, and whether the scheduler hits them exactly. (None, [], False): no pipeline."""
+        return None, [], False
+
+    def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
+        """The model card's code that makes the student's images with stock diffusers; None: the toolkit's sampler."""
+        return None
+
+    def card_facts(self) -> tuple[str, str]:
+        """(the card's pipeline_tag, how a stock pipeline runs the exported student when its scheduler is exact)."""
+        return "unconditional-image-generation", "its sampler is the toolkit's (no stock pipeline runs this network)"
+
+    def save_lora_weights(self, folder, lora) -> bool:
+        """Write the LoRA weights where the family's stock pipeline loads them; False when it has no LoRA loader."""
+        return False
 
 
 def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -31,11 +107,8 @@ def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
 
 
 def student_input(denoiser, noise: torch.Tensor, sigma) -> torch.Tensor:
-    """A student's first input from noise z ~ N(0, I) at its first sigma: sigma z (DMD's G(z) = D(sigma_max z)), or
-    sqrt(1 + sigma^2) z for a denoiser with `vp_noise_input` (the latent adapter): then its network sees z itself,
-    as stock diffusers pipelines feed it at t = 999, so an exported student makes the same latents there."""
-    sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
-    return noise * ((1 + sigma**2).sqrt() if getattr(denoiser, "vp_noise_input", False) else sigma)
+    """A student's first input from noise z ~ N(0, I) at its first sigma: the family's rule (Teacher.student_input)."""
+    return denoiser.student_input(noise, sigma)
 
 
 def score(x0: torch.Tensor, x: torch.Tensor, sigma) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from teachers.base import expand_sigma
+from teachers.base import Teacher, expand_sigma
 from teachers.errors import ConfigError
 
 WEIGHT_SUM_TOL = 1e-6
@@ -89,8 +89,10 @@ def _is_seq(value) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, str)
 
 
-class GMMDenoiser:
+class GMMDenoiser(Teacher):
     """The exact denoiser E[x0 | x0 + sigma * eps = x] of a Gaussian mixture: a teacher with no error."""
+
+    family = "gmm"
 
     def __init__(self, mixture: GaussianMixture, sigma_min: float = 0.002, sigma_max: float = 80.0):
         self.mixture = mixture

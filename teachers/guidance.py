@@ -1,9 +1,10 @@
-"""Classifier-free guidance (Ho & Salimans 2022) on a class-conditional denoiser, in x0 form."""
+"""Classifier-free guidance (Ho & Salimans 2022) on a conditional denoiser, in x0 form."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from teachers.base import Teacher
 from teachers.errors import ConfigError
 
 
@@ -12,27 +13,30 @@ def guided_x0(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float) -> t
     return x0_uncond + scale * (x0_cond - x0_uncond)
 
 
-class GuidedDenoiser(nn.Module):
+class GuidedDenoiser(Teacher, nn.Module):
     """D_w(x, sigma, c) = D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null)); DMD's real score with CFG.
 
-    The null condition is the teacher's label-dropout class (`null_class`), or for a text-to-image teacher the empty
-    prompt's embedding (`null_condition`); both branches run as one batch.
+    The null condition is the teacher's own (`null_condition`: its label-dropout class, or the empty prompt's
+    embedding); both branches run as one batch. Everything else of the protocol is the teacher's.
     """
 
-    def __init__(self, denoiser: nn.Module, scale: float):
-        super().__init__()
-        self.text = getattr(denoiser, "text_conditional", False)
-        if getattr(denoiser, "null_class", None) is None and not self.text:
+    def __init__(self, denoiser: Teacher, scale: float):
+        nn.Module.__init__(self)
+        if denoiser.null_class is None and not denoiser.text_conditional:
             raise ConfigError(
                 f"loss.guidance_scale={scale} needs a class-conditional teacher trained with a null class, or a "
                 "text-to-image teacher; this teacher is unconditional (use loss.guidance_scale=1)"
             )
         self.denoiser, self.scale = denoiser, float(scale)
-        for name in ("sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class", "text_conditional"):
-            setattr(self, name, getattr(denoiser, name, False if name == "text_conditional" else None))
+        for name in ("family", "sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class", "text_conditional", "latent"):
+            setattr(self, name, getattr(denoiser, name))
+
+    @property
+    def unguided(self) -> Teacher:
+        return self.denoiser
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        null = self.denoiser.null_condition(cond) if self.text else torch.full_like(cond, self.null_class)
+        null = self.denoiser.null_condition(cond)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         x0 = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
         x0_cond, x0_uncond = x0.chunk(2)

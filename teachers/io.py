@@ -12,10 +12,6 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.dit import DiTDenoiser, check_dit_folder, is_dit_pipeline
-from teachers.latent import LatentDenoiser, check_pipeline_folder, is_text_pipeline, torch_dtype
-from teachers.mlp import MLPDenoiser
-from teachers.unet import UNetDenoiser
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
@@ -68,35 +64,25 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return write_folder_atomic(path, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
-def is_pipeline(path: Path) -> bool:
-    """A diffusers pipeline folder (model_index.json or unet/): the UNet adapter's format."""
-    return (path / "model_index.json").is_file() or (path / "unet").is_dir()
-
-
 FOLDER_HINTS = {  # what to do about a bad model folder
     "teacher": "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run",
     "student": "give the student/ folder that `python -m distill` exports into its run dir",
 }
 
 
-def check_teacher_folder(path: Path, key: str = "teacher.path") -> None:
-    """A teacher folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline, in unet/;
-    a Stable Diffusion pipeline, every component. key names the setting that gave the path (an exported student has
-    the same layout)."""
-    if is_text_pipeline(path):
-        check_pipeline_folder(path, key)
-    if is_dit_pipeline(path):
-        check_dit_folder(path, key)
-        return
-    model_dir = path / "unet" if is_pipeline(path) else path
+def check_model_folder(path: Path, key: str = "teacher.path", pipeline: bool = False) -> None:
+    """A model folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline's are in unet/,
+    beside scheduler/. key names the setting that gave the path (an exported student has the same layout)."""
+    model_dir = path / "unet" if pipeline else path
     has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
     expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
-    if is_pipeline(path):
+    if pipeline:
         expected += (("scheduler/scheduler_config.json", (path / "scheduler" / "scheduler_config.json").is_file()),)
     missing = [str((model_dir / f).relative_to(path)) if "/" not in f else f for f, ok in expected if not ok]
     if missing:
-        what = "student" if "student" in key else "teacher"
+        what = "student" if "student" in key.lower() else "teacher"
         raise ConfigError(f"{key}={path} is not a {what} folder (missing {', '.join(missing)}); {FOLDER_HINTS[what]}")
+    read_model_config(model_dir)
 
 
 def read_model_config(path: Path) -> dict:
@@ -107,48 +93,12 @@ def read_model_config(path: Path) -> dict:
         raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
 
 
-def load_model(path: Path, dtype: str | None = None):
-    """The MLP denoiser of a model folder, the UNet adapter of a pipeline folder, or the latent adapter of a Stable
-    Diffusion pipeline folder."""
-    if is_text_pipeline(path):
-        return LatentDenoiser.from_pretrained(path, dtype=torch_dtype(dtype))
-    if is_dit_pipeline(path):
-        return DiTDenoiser.from_pretrained(path, dtype=torch_dtype(dtype))
-    if is_pipeline(path):
-        read_model_config(path / "unet")
-        return UNetDenoiser.from_pretrained(path)
-    if (path / SAFETENSORS_FILE).is_file():
-        return MLPDenoiser.from_pretrained(path, use_safetensors=True)
-    model = MLPDenoiser.from_config(MLPDenoiser.load_config(path))
-    model.load_state_dict(safe_torch_load(path / PICKLE_FILE))
-    return model
-
-
-def is_hub_id(path: str | Path) -> bool:
-    """`owner/name` that is not a local path: a hub id (loading it needs network)."""
-    text = str(path)
-    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
-
-
-def load_denoiser(path: str | Path, key: str = "teacher.path", kind: str | None = None, dtype: str | None = None):
-    """Load a model folder (teacher or exported student), frozen; safetensors preferred, pickles only tensors-only.
-
-    A string that is not a local folder but looks like `owner/name` is a hub id (network needed; `kind` says which
-    adapter, sd or unet). key names the setting that gave the path, in errors; dtype (teacher.dtype) the precision
-    of a Stable Diffusion teacher's frozen parts."""
-    if is_hub_id(path):
-        if kind in ("sd", "dit"):
-            adapter = LatentDenoiser if kind == "sd" else DiTDenoiser
-            return adapter.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval().requires_grad_(False)
-        return UNetDenoiser.from_pretrained(str(path)).eval().requires_grad_(False)
-    path = Path(path)
-    check_teacher_folder(path, key)
-    if not is_pipeline(path):
-        read_model_config(path)
-    try:
-        model = load_model(path, dtype)
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001  (diffusers and safetensors raise many kinds; all mean "unreadable")
-        raise ConfigError(f"cannot load the model in {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
-    return model.eval().requires_grad_(False)
+def denoiser_digest(denoiser: torch.nn.Module) -> str:
+    """sha256 of a denoiser's (or a VAE's) weights and buffers, its EDM constants and, for a guided one, its scale:
+    what its samples depend on besides the noise (cached teacher samples are keyed by it)."""
+    constants = {k: getattr(denoiser, k, None) for k in ("sigma_min", "sigma_max", "sigma_data", "scale", "null_class")}
+    digest = hashlib.sha256(f"{type(denoiser).__name__}{sorted(constants.items())}".encode())
+    for name, tensor in sorted(denoiser.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

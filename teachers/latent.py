@@ -5,7 +5,7 @@ As k-diffusion's `external.py` (CompVisDenoiser): the adapter owns the alpha_bar
 eps / v conversion, the text conditioning (cond = text embeddings (B, L, D); the empty prompt is the unconditional
 branch of classifier-free guidance), and the VAE (`decode` latents -> images in [-1, 1], `encode` the reverse, with
 the VAE's `scaling_factor`). The losses and the loop see a denoiser on latents and a tensor `cond`, nothing else.
-On disk it is a diffusers StableDiffusionPipeline folder plus `distill.json` (sigma_data, sigma_max).
+On disk it is a diffusers StableDiffusionPipeline folder plus `distill.json` (sigma_data, sigma_max): the `sd` family.
 """
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from teachers.base import expand_sigma
 from teachers.errors import ConfigError
-from teachers.unet import EXTRA_FILE, DiffusersUNetParts, PREDICTION_TYPES, sigma_to_t, sigmas_from_alphas_cumprod, x0_from_output
+from teachers.unet import DiffusersUNetParts
+from teachers.vp import PREDICTION_TYPES, VPDenoiser, read_extra
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,7 @@ DISCRETE_SCHEDULERS = (
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler",
     "UniPCMultistepScheduler", "LCMScheduler", "KDPM2DiscreteScheduler", "DEISMultistepScheduler", "TCDScheduler",
 )
+LORA_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_LATENT_SIGMA_DATA = 1.0  # scaled SD latents have about unit variance (that is what scaling_factor is for)
 
 
@@ -62,26 +62,12 @@ def read_json(path: Path, what: str) -> dict:
         raise ConfigError(f"{path} is not a readable {what}: {err}") from None
 
 
-def is_text_pipeline(path: Path) -> bool:
-    """A pipeline folder with a text encoder (Stable Diffusion family), as opposed to a DDPMPipeline."""
-    path = Path(path)
-    return (path / "text_encoder").is_dir() or "text_encoder" in (
-        read_json(path / "model_index.json", "pipeline index") if (path / "model_index.json").is_file() else {})
-
-
 def check_pipeline_folder(path: Path, key: str = "teacher.path") -> None:
-    """Every component a Stable Diffusion folder needs is there (each missing one named); SDXL's second text encoder
-    and its extra conditioning (pooled embeddings, time ids) are refused before any work, as is a scheduler the
-    adapter does not know."""
+    """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
+    not know, and a UNet that needs extra conditioning, are refused before any work."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
-    index = read_json(path / "model_index.json", "pipeline index")
-    if "text_encoder_2" in index or index.get("_class_name", "").startswith("StableDiffusionXL"):
-        raise ConfigError(
-            f"{key}={path} is an SDXL pipeline ({index.get('_class_name')}): its UNet also takes pooled text embeddings and "
-            "time ids from a second text encoder, which this adapter does not supply; SDXL teachers are not supported yet "
-            "(Stable Diffusion 1.x / 2.x pipelines are)")
     missing = [name for name in COMPONENTS if not (path / name).is_dir()]
     if missing:
         raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a Stable Diffusion "
@@ -100,20 +86,18 @@ def check_pipeline_folder(path: Path, key: str = "teacher.path") -> None:
                           "conditioning (SDXL-style) that this adapter does not supply")
 
 
-def training_schedule(scheduler_config: dict):
-    """A DDPMScheduler with the pipeline scheduler's beta schedule: its alphas_cumprod is the training schedule."""
-    from diffusers import DDPMScheduler
-
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
-            "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
-    return DDPMScheduler(**{k: scheduler_config[k] for k in keys if k in scheduler_config})
-
-
 class FrozenVAE:
-    """What latent adapters (Stable Diffusion, DiT) share: a frozen VAE (and an optional AutoencoderTiny for previews)
-    kept outside the module tree, so trainable copies deep-copy only the denoising network and share these."""
+    """What latent families (Stable Diffusion, DiT) share: a frozen VAE (and an optional AutoencoderTiny for previews)
+    kept outside the module tree, so trainable copies deep-copy only the denoising network and share these; and the
+    student's first input sqrt(1 + sigma^2) z, so its network sees z itself, as stock pipelines feed it at the top
+    timestep: an exported student then makes the same latents there."""
 
     SHARED = ("vae", "text_encoder", "tokenizer", "preview_vae")  # frozen helpers a copy shares, when present
+    latent = True
+
+    def student_input(self, noise: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
+        return noise * (1 + sigma**2).sqrt()
 
     def __deepcopy__(self, memo):
         import copy
@@ -151,13 +135,30 @@ class FrozenVAE:
             return self.decode(latents)
         return tiny.decode((latents / tiny.config.scaling_factor).to(tiny.dtype)).sample.float().clamp(-1, 1)
 
-    def move_helpers(self, device) -> None:
+    def decoder_module(self):
+        return self.vae
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        device = next(self.network.parameters()).device
         for key in ("vae", "text_encoder", "preview_vae"):
             if key in self.__dict__:
                 self.__dict__[key].to(device)
+        self.__dict__["_null"] = None
+        return self
 
 
-class LatentDenoiser(FrozenVAE, DiffusersUNetParts, nn.Module):
+SD_SNIPPET = '''import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained(".")  # this folder, or its hub id
+generator = torch.Generator().manual_seed(0)
+prompts = {prompts!r}
+images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # NHWC in [0, 1]
+'''
+
+
+class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
     """D(x, sigma, text_embeddings) on a Stable Diffusion-family UNet's latents.
 
     x: float32 latents (B, C, h, w) in the VAE's scaled units plus sigma-scaled noise; sigma: scalar or (B,);
@@ -165,43 +166,26 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, nn.Module):
     conditioning and decoding; only the UNet is the denoiser's network (student and fake score train copies of it).
     """
 
+    family = "sd"
     text_conditional = True
-    vp_noise_input = True  # a student's first input is sqrt(1 + sigma^2) z: its UNet sees z, as in stock pipelines
-    num_classes = None
-    null_class = None
 
     def __init__(self, unet, scheduler, vae, text_encoder, tokenizer, sigma_data: float = DEFAULT_LATENT_SIGMA_DATA,
                  sigma_max: float | None = None):
-        super().__init__()
-        self.unet, self.scheduler = unet, scheduler
-        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ConfigError(f"scheduler prediction_type '{self.prediction_type}'; allowed: {', '.join(PREDICTION_TYPES)}")
+        super().__init__(scheduler, sigma_data, sigma_max)
+        self.unet = unet
         # Frozen helpers, outside the module tree: a trainable copy (student, fake score) deep-copies only the UNet.
         self.__dict__["vae"], self.__dict__["text_encoder"], self.__dict__["tokenizer"] = vae, text_encoder, tokenizer
-        table = sigmas_from_alphas_cumprod(training_schedule(dict(scheduler.config)).alphas_cumprod.double()).float()
-        if not torch.isfinite(table).all():
-            raise ConfigError("the scheduler's last alpha_bar is 0 (zero terminal SNR): sigma_max would be infinite; "
-                              "use a schedule with alpha_bar > 0 at the last timestep")
-        self.register_buffer("sigmas", table, persistent=False)
-        self.sigma_min = float(table[0])
-        self.sigma_max = float(sigma_max if sigma_max is not None else table[-1])
-        self.sigma_data = float(sigma_data)
-        self._null = None  # the empty prompt's embedding, computed once
+        self.__dict__["_null"] = None  # the empty prompt's embedding, computed once
 
     @property
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
 
-    def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+    def network_output(self, x_vp: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if cond is None:
             raise ConfigError("a text-to-image denoiser needs text embeddings as cond (encode_condition(prompts))")
-        sigma = expand_sigma(sigma, x).clamp(self.sigmas[0], self.sigmas[-1])
-        x_vp = x * (1 + sigma**2).rsqrt()  # VP models see x / sqrt(1 + sigma^2)
-        t = sigma_to_t(sigma.reshape(-1).float(), self.sigmas)
         dtype = self.unet.dtype
-        output = self.unet(x_vp.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.to(x.dtype)
-        return x0_from_output(output, x, sigma, self.prediction_type)
+        return self.unet(x_vp.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
 
     @torch.no_grad()
     def encode_condition(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -221,18 +205,15 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, nn.Module):
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """The empty prompt's embedding for every row of cond: the unconditional branch of classifier-free guidance."""
-        if self._null is None or self._null.device != cond.device:
-            self._null = self.encode_condition([""]).to(cond.device)
-        return self._null.expand(len(cond), *self._null.shape[1:]).to(cond.dtype)
+        null = self.__dict__["_null"]
+        if null is None or null.device != cond.device:
+            null = self.__dict__["_null"] = self.encode_condition([""]).to(cond.device)
+        return null.expand(len(cond), *null.shape[1:]).to(cond.dtype)
 
-    def to(self, *args, **kwargs):
-        super().to(*args, **kwargs)
-        self.move_helpers(next(self.unet.parameters()).device)
-        self._null = None
-        return self
-
-    def extra_config(self) -> dict:
-        return {"sigma_data": self.sigma_data, "sigma_max": self.sigma_max}
+    def text_encoder_digest_parts(self):
+        """What a prompt set's embeddings depend on besides the prompts: the encoder's weights, the vocabulary, the
+        token limit (teachers.conditions keys its cache with them)."""
+        return self.text_encoder.state_dict(), sorted(self.tokenizer.get_vocab().items()), self.max_prompt_tokens
 
     def pipeline(self, scheduler=None):
         """A diffusers StableDiffusionPipeline of these components (no safety checker: the models are the user's)."""
@@ -242,38 +223,59 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, nn.Module):
                                        scheduler=scheduler or self.scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
 
-    def save_pretrained(self, path, safe_serialization: bool = True, scheduler=None) -> None:
-        """A StableDiffusionPipeline folder (stock diffusers loads it) plus distill.json."""
-        self.pipeline(scheduler).save_pretrained(path, safe_serialization=safe_serialization)
-        (Path(path) / EXTRA_FILE).write_text(json.dumps(self.extra_config(), indent=2) + "\n")
+    def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
+        # Its own call, without CFG (guidance_scale=1): the guidance is distilled in.
+        return SD_SNIPPET.format(prompts=list(prompts or ["a photo"])[:4], k=len(sigmas)) if exact else None
+
+    def card_facts(self) -> tuple[str, str]:
+        return "text-to-image", ("a stock `StableDiffusionPipeline` with the `LCMScheduler` stored here runs it "
+                                 "(guidance_scale=1: the guidance is distilled in)")
+
+    def save_lora_weights(self, folder, lora) -> bool:
+        """pytorch_lora_weights.safetensors (the adapter's config as metadata) for StableDiffusionPipeline.load_lora_weights."""
+        from diffusers import StableDiffusionPipeline
+
+        weights, config = lora
+        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=weights, unet_lora_adapter_metadata=config,
+                                                  weight_name=LORA_FILE, safe_serialization=True)
+        return True
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> LatentDenoiser:
-        """From a Stable Diffusion pipeline folder or hub id (hub ids need network); dtype (e.g. torch.bfloat16) for the
-        frozen VAE and text encoder, and the UNet of a teacher that never trains."""
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> LatentDenoiser:
+        """From a local Stable Diffusion pipeline folder (teachers.load resolves hub ids); dtype (e.g. torch.bfloat16)
+        for the frozen VAE and text encoder, and the UNet of a teacher that never trains. The tokenizer and text
+        encoder are the classes model_index.json names (CLIPTokenizer, not AutoTokenizer's guess)."""
+        import transformers
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
 
-        local = Path(path_or_id).is_dir()
-        if local:
-            check_pipeline_folder(Path(path_or_id), key)
+        folder = Path(folder)
+        check_pipeline_folder(folder, key)
+        index = read_json(folder / "model_index.json", "pipeline index")
         kw = {} if dtype is None else {"torch_dtype": dtype}
-        unet = UNet2DConditionModel.from_pretrained(path_or_id, subfolder="unet", **kw)
-        scheduler = _load_scheduler(path_or_id)
-        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder="vae", **kw).eval().requires_grad_(False)
-        text_encoder = CLIPTextModel.from_pretrained(path_or_id, subfolder="text_encoder", **({"dtype": dtype} if dtype else {}))
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, subfolder="tokenizer")
-        extra_path = Path(path_or_id) / EXTRA_FILE
-        extra = json.loads(extra_path.read_text()) if local and extra_path.is_file() else {}
-        return cls(unet, scheduler, vae, text_encoder.eval().requires_grad_(False), tokenizer, **extra)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
+        encoder_class = getattr(transformers, index.get("text_encoder", [None, "CLIPTextModel"])[1])
+        tokenizer_class = getattr(transformers, index.get("tokenizer", [None, "CLIPTokenizer"])[1])
+        text_encoder = encoder_class.from_pretrained(folder, subfolder="text_encoder", **({"dtype": dtype} if dtype else {}))
+        tokenizer = tokenizer_class.from_pretrained(folder, subfolder="tokenizer")
+        return cls(unet, load_scheduler(folder), vae, text_encoder.eval().requires_grad_(False), tokenizer, **read_extra(folder))
 
 
-def _load_scheduler(path_or_id):
+def load_scheduler(folder):
     """The pipeline's own scheduler class, from its config."""
     import diffusers
 
-    config = diffusers.DDPMScheduler.load_config(path_or_id, subfolder="scheduler")
+    config = diffusers.DDPMScheduler.load_config(folder, subfolder="scheduler")
     name = config.get("_class_name", "DDPMScheduler")
     if name not in DISCRETE_SCHEDULERS:
-        raise ConfigError(f"{path_or_id}: scheduler {name} is not one the adapter knows; known: {', '.join(DISCRETE_SCHEDULERS)}")
+        raise ConfigError(f"{folder}: scheduler {name} is not one the adapter knows; known: {', '.join(DISCRETE_SCHEDULERS)}")
     return getattr(diffusers, name).from_config(config)
+
+
+def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> LatentDenoiser:
+    """The Stable Diffusion adapter of a pipeline folder; dtype (teacher.dtype) for its frozen parts."""
+    return LatentDenoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
+
+
+def check_folder(folder: Path, key: str = "teacher.path") -> None:
+    check_pipeline_folder(folder, key)

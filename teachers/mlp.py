@@ -5,19 +5,23 @@ diffusion_pytorch_model.safetensors, and students exported from it load with dif
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from teachers.base import edm_precond, expand_sigma, sinusoidal_embedding
+from teachers.base import Teacher, edm_precond, expand_sigma, sinusoidal_embedding
 
 
-class MLPDenoiser(ModelMixin, ConfigMixin):
-    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM eq. 7) with F a residual MLP.
+class MLPDenoiser(Teacher, ModelMixin, ConfigMixin):
+    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM eq. 7) with F a residual MLP (the `mlp` family).
 
     x: float32 (B, dim); sigma: scalar or (B,). Returns the x0 estimate, (B, dim).
     """
+
+    family = "mlp"
 
     @register_to_config
     def __init__(
@@ -39,6 +43,8 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
 
+    loss_weighting = "edm"  # EDM-preconditioned: EDM's lambda(sigma) is its own MSE
+
     @property
     def sigma_min(self) -> float:
         return self.config.sigma_min
@@ -54,11 +60,6 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.config.dim,)
-
-    @property
-    def loss_weighting(self) -> str:
-        """EDM-preconditioned: EDM's lambda(sigma) is its own MSE (teachers.base.denoising_loss_weight)."""
-        return "edm"
 
     @property
     def bottleneck(self) -> nn.Module:
@@ -81,3 +82,22 @@ class MLPDenoiser(ModelMixin, ConfigMixin):
         sigma = expand_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.config.sigma_data)
         return c_skip * x + c_out * self.raw(c_in * x, c_noise.reshape(-1))
+
+
+def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> MLPDenoiser:
+    """The MLP of a model folder: safetensors, or a tensors-only .bin (never a pickle that runs code)."""
+    from teachers.io import PICKLE_FILE, SAFETENSORS_FILE, safe_torch_load
+
+    check_folder(folder, key)
+    if (folder / SAFETENSORS_FILE).is_file():
+        return MLPDenoiser.from_pretrained(folder, use_safetensors=True)
+    model = MLPDenoiser.from_config(MLPDenoiser.load_config(folder))
+    model.load_state_dict(safe_torch_load(folder / PICKLE_FILE))
+    return model
+
+
+def check_folder(folder: Path, key: str = "teacher.path") -> None:
+    """config.json and the weights are there."""
+    from teachers.io import check_model_folder
+
+    check_model_folder(folder, key)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
         (["data.means=[[0,0],[1,1,1]]", "data.stds=[0.1,0.1]", "data.weights=[0.5,0.5]"], r"dimensions [2, 3]"),
         (["data.means=[[0,0],[1,1]]", "data.stds=[0.1,-0.2]", "data.weights=[0.5,0.5]"], "data.stds contains -0.2"),
         (["experiment=toy_ring99"], "unknown experiment preset 'toy_ring99'; allowed: "),
-        (["teacher.path=/nonexistent/teacher"], "teacher.path=/nonexistent/teacher is not a teacher folder"),
+        (["teacher.path=/nonexistent/teacher"], "teacher.path=/nonexistent/teacher: no such folder"),
     ],
 )
 def test_bad_input_exits_before_training(tmp_path, overrides, message):

@@ -18,6 +18,7 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
 TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
 USER_FILES = {("data", "prompts"), ("data", "coco"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
               ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit")}
+HUB_TEACHERS = {("experiment", "cifar10")}  # names a hub teacher: validation reads its model_index.json (network or cache)
 
 
 def is_text(group: str, option: str) -> bool:
@@ -35,6 +36,10 @@ def test_every_group_option_composes_and_validates(group, option):
         base = ["experiment=mnist_sd"] if group == "data" else ["experiment=mnist"] if group == "teacher" else []
         cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
         assert cfg.teacher.kind in ("sd", "dit") and cfg.data.kind == "image"
+        return
+    if (group, option) in HUB_TEACHERS:
+        cfg = compose_config("train", [f"{group}={option}", "run_dir=unused"])
+        assert cfg.teacher.kind == "unet" and "/" in cfg.teacher.path
         return
     if is_text(group, option):
         base = ["experiment=mnist_sd"] if group != "experiment" else []
@@ -96,7 +101,7 @@ def test_unknown_preset_names_the_allowed_ones():
         ("eval.teacher_samplers=[{name:dpm,num_steps:4}]", "name=dpm"),
         ("train.ema_decay=1.5", "train.ema_decay=1.5"),
         ("train.max_minutes=0", "train.max_minutes=0; use null or a number > 0"),
-        ("loss.sigma.min=100", "need 0 < min < max"),
+        ("loss.sigma.min=100", "loss.sigma.min=100 is outside the teacher's sigma range"),
         ("optim.fused=maybe", "optim.fused=maybe; use true or false"),
     ],
 )

@@ -7,14 +7,13 @@ import torch
 from conftest import compose_config, tiny_dit_denoiser
 from diffusers import DDIMScheduler, DiTPipeline
 
-from distill.card import student_scheduler
 from distill.config import validate
 from distill.generator import StudentGenerator, trainable_copy
 from distill.loop import run
 from eval.samplers import one_step
 from teachers.errors import ConfigError
 from teachers.guidance import GuidedDenoiser
-from teachers.io import load_denoiser
+import teachers
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def test_dit_guidance_uses_the_null_label_and_the_student_starts_as_the_teacher(
 
 def test_an_exported_dit_student_runs_in_stock_diffusers(tmp_path):
     student = tiny_dit_denoiser(seed=4)
-    scheduler, _, exact = student_scheduler(student, [student.sigma_max])
+    scheduler, _, exact = student.export_scheduler([student.sigma_max])
     assert exact
     student.save_pretrained(tmp_path / "student", scheduler=scheduler)
     pipe = DiTPipeline.from_pretrained(tmp_path / "student")
@@ -75,11 +74,11 @@ def test_teacher_dit_validates_and_a_tiny_run_writes_its_outputs(dit_folder, tmp
     metrics = run(compose_config("train", overrides))
     assert metrics.keys() == {"teacher_heun_nfe3", "student_nfe1"} and metrics["student_nfe1"]["fid"] >= 0
     assert json.loads((tmp_path / "run" / "student" / "model_index.json").read_text())["_class_name"] == "DiTPipeline"
-    assert load_denoiser(tmp_path / "run" / "student").num_classes == 10
+    assert teachers.load(tmp_path / "run" / "student").num_classes == 10
 
 
 def test_teacher_dit_needs_a_dit_folder(dit_folder, tmp_path):
-    with pytest.raises(ConfigError, match="is a DiT pipeline, not a UNet2DModel pipeline; use teacher=dit"):
+    with pytest.raises(ConfigError, match="is a dit teacher .DiTPipeline., not one teacher=unet takes; use teacher=dit"):
         validate(compose_config("train", ["experiment=mnist", f"teacher.path={dit_folder}", "run_dir=x"]))
     with pytest.raises(ConfigError, match="teacher=dit needs teacher.path"):
         validate(compose_config("train", ["experiment=mnist", "teacher=dit", "teacher.path=null", "run_dir=x"]))
@@ -89,7 +88,7 @@ def test_the_dit_students_card_snippet_runs_verbatim(dit_folder, tmp_path, monke
     from distill.card import CARD_FILE, snippet_from_card
     from distill.export import export_student, student_record
 
-    student = load_denoiser(dit_folder)
+    student = teachers.load(dit_folder)
     export_student(student, None, tmp_path / "student", student_record([student.sigma_max]))
     card = (tmp_path / "student" / CARD_FILE).read_text()
     assert "pipeline_tag: image-generation" in card and "DiTPipeline" in card

@@ -18,10 +18,11 @@ from eval.bench import benchmark, parse_sampler
 from eval.harness import student_sample_fn
 from eval.run import student_sigmas
 from teachers.errors import ConfigError
+from teachers.base import Teacher
 from teachers.mlp import MLPDenoiser
 from teachers.unet import UNetDenoiser
 from teachers.zoo import resolve_model_path
-from teachers.io import load_denoiser
+import teachers
 
 TOY = ["experiment=toy_gmm", "debug=cpu_tiny", "train.plot_every=1000"]
 FOUR_SIGMAS = "student.sigmas=[80.0,5.0,1.5,0.5]"
@@ -54,11 +55,11 @@ def test_reused_student_samples_save_one_generator_forward_per_update_after_the_
     assert counts[False] - counts[True] == 2
 
 
-class _Recorder(torch.nn.Module):
+class _Recorder(Teacher, torch.nn.Module):
     """Wraps a denoiser and records, per call, whether autograd was on and the sigmas it got."""
 
     def __init__(self, denoiser):
-        super().__init__()
+        torch.nn.Module.__init__(self)
         self.denoiser, self.calls = denoiser, []
         self.sigma_max = denoiser.sigma_max
 
@@ -66,6 +67,10 @@ class _Recorder(torch.nn.Module):
         out = self.denoiser(x, sigma, cond)
         self.calls.append((torch.is_grad_enabled(), out.requires_grad, torch.as_tensor(sigma).flatten().clone()))
         return out
+
+
+class _NoFeatures(Teacher, torch.nn.Linear):
+    """A network behind the teacher protocol that names no feature layers."""
 
 
 def test_backward_simulation_steps_carry_no_gradient():
@@ -161,8 +166,8 @@ SUPPORTED = {
     "unet uncond 8x8": lambda: tiny_unet_denoiser(),
     "unet cond 8x8": lambda: tiny_unet_denoiser(num_classes=10),
     "unet rgb 16x16": lambda: tiny_unet_denoiser(size=16, channels=3),
-    "zoo mnist_uncond": lambda: load_denoiser(resolve_model_path("zoo:mnist_uncond")),
-    "zoo mnist_cond": lambda: load_denoiser(resolve_model_path("zoo:mnist_cond")),
+    "zoo mnist_uncond": lambda: teachers.load(("zoo:mnist_uncond")),
+    "zoo mnist_cond": lambda: teachers.load(("zoo:mnist_cond")),
 }
 
 
@@ -171,7 +176,7 @@ def test_gan_head_has_the_right_shapes_for_every_supported_teacher(name):
     fake = trainable_copy(SUPPORTED[name]())
     critic = Critic(fake, build_head(fake))
     x = torch.randn(3, *fake.shape)
-    cond = torch.tensor([0, 1, 2]) if getattr(fake, "num_classes", None) else None
+    cond = torch.tensor([0, 1, 2]) if fake.num_classes else None
     x0, logits = critic(x, torch.tensor([0.5, 2.0, 10.0]), cond, classify=(x, torch.tensor([0.5, 2.0, 10.0]), cond))
     assert x0.shape == x.shape and logits.shape == (3,)
     torch.testing.assert_close(x0, fake(x, torch.tensor([0.5, 2.0, 10.0]), cond))  # the head does not change D_fake
@@ -196,7 +201,7 @@ def test_classifier_forward_stops_at_the_bottleneck_with_the_full_forwards_featu
     assert decoder_calls == [1]  # and the hook that stopped it is gone
 
 
-@pytest.mark.parametrize("denoiser", [_unet_without_mid_block, lambda: torch.nn.Linear(2, 2)])
+@pytest.mark.parametrize("denoiser", [_unet_without_mid_block, lambda: _NoFeatures(2, 2)])
 def test_gan_head_on_a_teacher_without_features_is_refused(denoiser):
     with pytest.raises(ConfigError, match="needs bottleneck features.*set both GAN weights to 0"):
         find_bottleneck(denoiser())
@@ -327,7 +332,7 @@ def test_toy_gan_run_resumes_with_its_head(tmp_path):
     (["loss.sigma_up_to_student_step=yes"], r"loss.sigma_up_to_student_step=yes; use true or false"),
     (["loss.gan_last_step_only=1"], r"loss.gan_last_step_only=1; use true or false"),
     (["loss.last_step_only=yes"], r"loss.last_step_only=yes; use true or false"),
-    (["loss.sigma_up_to_student_step=true", "student.num_steps=2", "student.sigmas=[80.0,0.001]"],
+    (["loss.sigma_up_to_student_step=true", "student.num_steps=2", "student.sigmas=[80.0,0.003]", "loss.sigma.min=0.005"],
      r"needs its sigma > loss.sigma.min"),
 ])
 def test_bad_dmd2_settings_are_refused_before_any_work(tmp_path, overrides, message):

@@ -132,9 +132,9 @@ def test_the_shipped_mnist_cond_samples_are_its_teachers_heun_samples():
     from eval.cache import key_digest
     from eval.harness import denoiser_digest, teacher_sample_fns
     from eval.images import SHIPPED_SAMPLES, draw_inputs
-    from teachers.io import load_denoiser
+    import teachers
 
-    teacher = load_denoiser("teachers/zoo/mnist_cond")
+    teacher = teachers.load("teachers/zoo/mnist_cond")
     (entry,) = [p for p in SHIPPED_SAMPLES.iterdir() if json.loads((p / "key.json").read_text())["num_classes"] == 10]
     key = json.loads((entry / "key.json").read_text())
     assert key["teacher_sha256"] == denoiser_digest(teacher) and entry.name.endswith(key_digest(key)[:16])

@@ -15,7 +15,8 @@ from diffusers import DDPMPipeline, LCMScheduler
 from distill.card import snippet_from_card, student_images
 from distill.export import export_student, hub_files, main as export_main, student_record
 from distill.loop import run
-from teachers.io import load_denoiser, sha256_of
+import teachers
+from teachers.io import sha256_of
 
 
 def toolkit_images(student, sigmas, labels=None, batch: int = 4) -> np.ndarray:
@@ -84,7 +85,7 @@ def test_a_student_between_the_tables_timesteps_says_so_and_its_snippet_is_exact
 
 
 def test_the_shipped_student_reexported_runs_from_its_card(tmp_path, monkeypatch):
-    shipped = load_denoiser("teachers/zoo/mnist_cond_student")
+    shipped = teachers.load("teachers/zoo/mnist_cond_student")
     record = json.loads(open("teachers/zoo/mnist_cond_student/student.json").read())
     folder = export_student(shipped, None, tmp_path / "student", record)
     card = (folder / "README.md").read_text()
@@ -94,7 +95,7 @@ def test_the_shipped_student_reexported_runs_from_its_card(tmp_path, monkeypatch
     diff = np.abs(run_card_snippet(folder, monkeypatch) - mine).max()
     print(f"shipped MNIST student: max |stock - toolkit| = {diff:.2e}")
     assert diff <= 1e-3
-    assert (folder / "samples.png").is_file() and load_denoiser(folder).sigma_max == pytest.approx(shipped.sigma_max)
+    assert (folder / "samples.png").is_file() and teachers.load(folder).sigma_max == pytest.approx(shipped.sigma_max)
 
 
 @pytest.fixture(scope="module")

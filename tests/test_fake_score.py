@@ -13,6 +13,7 @@ from distill.generator import trainable_copy
 from distill.loop import run
 from distill.steps import steps_for_real
 from teachers.errors import ConfigError
+from teachers.base import Teacher
 from teachers.gmm import GMMDenoiser, mixture_from_lists
 from teachers.mlp import MLPDenoiser
 
@@ -30,7 +31,7 @@ def test_step_embedding_starts_as_the_teacher_copy_then_tells_the_steps_apart(na
     fake = trainable_copy(TEACHERS[name]())
     critic = Critic(fake, None, build_step_embedding(fake, 4))
     x, sigma = torch.randn(3, *fake.shape), torch.tensor([0.5, 2.0, 10.0])
-    cond = torch.tensor([0, 1, 2]) if getattr(fake, "num_classes", None) else None
+    cond = torch.tensor([0, 1, 2]) if fake.num_classes else None
     step = torch.tensor([0, 3, 3])
     with torch.no_grad():
         plain = fake(x, sigma, cond)
@@ -66,7 +67,10 @@ def test_real_images_carry_the_classified_samples_steps():
 
 def test_a_teacher_without_a_time_embedding_is_refused():
     mixture = mixture_from_lists([[0.0, 0.0], [1.0, 1.0]], [0.1, 0.1], [0.5, 0.5])
-    for denoiser in (GMMDenoiser(mixture), torch.nn.Linear(2, 2)):
+    class NoFeatures(Teacher, torch.nn.Linear):
+        """A network behind the teacher protocol that names no time embedding."""
+
+    for denoiser in (GMMDenoiser(mixture), NoFeatures(2, 2)):
         with pytest.raises(ConfigError, match="step_aware_fake_score=true needs a time embedding.*set it to false"):
             find_time_embedding(denoiser)
 

@@ -126,4 +126,4 @@ def test_a_bad_student_folder_is_named_as_the_student(bad_files, tmp_path, monke
     with pytest.raises(SystemExit):
         hydra_entry(*ENTRIES["eval"])
     err = capsys.readouterr().err
-    assert f"student_path={tmp_path / 'no_student'} is not a student folder" in err and "python -m distill" in err, err
+    assert f"student_path={tmp_path / 'no_student'}: no such folder" in err and "python -m distill" in err, err

@@ -13,7 +13,7 @@ from eval.bench import benchmark
 from eval.features import DomainClassifier, extract
 from eval.fid import fid, fid_torchmetrics, stats_of
 from eval.harness import timed_sampling
-from teachers.io import load_denoiser
+import teachers
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,7 +30,7 @@ def test_dmd2_gan_four_step_run_on_the_gpu(tmp_path):
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert {"loss/gan_generator", "loss/gan_discriminator", "loss/dmd"} <= log[-1].keys()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in log[-1].items() if k.startswith("loss"))
-    student = load_denoiser(run_dir / "student").cuda()
+    student = teachers.load(run_dir / "student").cuda()
     assert next(student.parameters()).is_cuda
 
 
@@ -45,7 +45,7 @@ def test_timed_sampling_waits_for_the_kernels():
 def test_bench_on_the_gpu(tmp_path):
     run_dir = tmp_path / "run"
     run(compose_config("train", tiny_overrides(run_dir, tmp_path / "cache", "train.max_steps=1")))
-    teacher, student = (load_denoiser(run_dir / name).cuda() for name in ("teacher", "student"))
+    teacher, student = (teachers.load(run_dir / name).cuda() for name in ("teacher", "student"))
     figures = benchmark(teacher, student, [{"name": "heun", "num_steps": 4}], batch_size=64, repeats=2, device=torch.device("cuda"))
     assert figures["student_nfe1"]["device"] == "cuda" and figures["teacher_heun_nfe7"]["student_speedup"] > 1
     assert figures["student_nfe1"]["device_name"] == torch.cuda.get_device_name()

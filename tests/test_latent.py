@@ -12,7 +12,7 @@ from distill.generator import StudentGenerator, trainable_copy
 from teachers.conditions import Conditions, class_conditions, read_prompt_file
 from teachers.errors import ConfigError
 from teachers.guidance import GuidedDenoiser
-from teachers.io import load_denoiser
+import teachers
 from teachers.latent import check_pipeline_folder
 
 
@@ -72,11 +72,10 @@ def test_student_at_init_reproduces_teacher_x0_at_sigma_max_and_shares_the_froze
 def test_exported_student_runs_in_stock_diffusers_as_in_the_toolkit(tmp_path):
     """A one-step student saved with the LCMScheduler set for t = 999: StableDiffusionPipeline(guidance_scale=1)
     makes the toolkit's images (its first input is sqrt(1 + sigma^2) z, so the UNet sees z as diffusers feeds it)."""
-    from distill.card import student_scheduler
     from eval.samplers import one_step
 
     student = tiny_sd_denoiser(seed=3)
-    scheduler, timesteps, exact = student_scheduler(student, [student.sigma_max])
+    scheduler, timesteps, exact = student.export_scheduler([student.sigma_max])
     assert exact and timesteps == [pytest.approx(999.0)]
     student.save_pretrained(tmp_path / "student", scheduler=scheduler)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "student")
@@ -90,7 +89,7 @@ def test_exported_student_runs_in_stock_diffusers_as_in_the_toolkit(tmp_path):
 
 
 def test_folder_round_trip_and_loader(tiny_sd_folder):
-    denoiser = load_denoiser(tiny_sd_folder)
+    denoiser = teachers.load(tiny_sd_folder)
     assert denoiser.text_conditional and denoiser.shape == (4, 8, 8)
     assert json.loads((tiny_sd_folder / "distill.json").read_text())["sigma_data"] == 1.0
     images = denoiser.decode(torch.randn(2, 4, 8, 8))
@@ -107,13 +106,19 @@ def test_a_missing_component_is_named(tiny_sd_folder, tmp_path, component):
         check_pipeline_folder(broken)
 
 
-def test_sdxl_and_unknown_schedulers_are_refused(tiny_sd_folder, tmp_path):
-    sdxl = tmp_path / "sdxl"
-    shutil.copytree(tiny_sd_folder, sdxl)
-    index = json.loads((sdxl / "model_index.json").read_text())
-    (sdxl / "model_index.json").write_text(json.dumps(index | {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    with pytest.raises(ConfigError, match="SDXL pipeline"):
-        check_pipeline_folder(sdxl)
+@pytest.mark.parametrize("pipeline_class, message", [
+    ("StableDiffusionXLPipeline", "SDXL teachers are not supported yet"),
+    ("StableDiffusion3Pipeline", "flow-matching teachers .SD3/SD3.5. are not supported yet"),
+    ("FluxPipeline", "flow-matching teachers .Flux. are not supported yet"),
+    ("KandinskyPipeline", "KandinskyPipeline, which the toolkit does not know; it knows .*StableDiffusionPipeline .sd."),
+])
+def test_unsupported_families_and_unknown_schedulers_are_refused(tiny_sd_folder, tmp_path, pipeline_class, message):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_sd_folder, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps(index | {"_class_name": pipeline_class}))
+    with pytest.raises(ConfigError, match=message):
+        teachers.load(other)
     flow = tmp_path / "flow"
     shutil.copytree(tiny_sd_folder, flow)
     config = json.loads((flow / "scheduler" / "scheduler_config.json").read_text())
@@ -193,7 +198,7 @@ def test_clip_score_from_a_local_folder_and_a_clear_error_without_one(tmp_path):
 
 
 def test_a_half_precision_teacher_trains_float32_copies(tiny_sd_folder):
-    teacher = load_denoiser(tiny_sd_folder, dtype="bfloat16")
+    teacher = teachers.load(tiny_sd_folder, dtype="bfloat16")
     assert teacher.unet.dtype == torch.bfloat16 and teacher.vae.dtype == torch.bfloat16
     student = trainable_copy(teacher)
     assert student.unet.dtype == torch.float32 and student.vae is teacher.vae

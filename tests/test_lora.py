@@ -7,7 +7,8 @@ from diffusers import StableDiffusionPipeline
 from omegaconf import OmegaConf
 
 from distill.export import export_student, student_record
-from distill.lora import LORA_FILE, add_lora
+from distill.lora import add_lora
+from teachers.latent import LORA_FILE
 from distill.loop import build_state
 from teachers.errors import ConfigError
 from teachers.mlp import MLPDenoiser
@@ -36,7 +37,7 @@ def test_lora_networks_start_as_the_teacher_and_train_only_their_adapters():
 def test_lora_on_a_network_without_the_targets_is_refused():
     with pytest.raises(ConfigError, match=r"lora.targets \['to_x'\] match no layer"):
         add_lora(tiny_sd_denoiser(), OmegaConf.merge(LORA, {"targets": ["to_x"]}))
-    with pytest.raises(ConfigError, match="MLPDenoiser has no diffusers UNet"):
+    with pytest.raises(ConfigError, match="MLPDenoiser has no diffusers network"):
         add_lora(MLPDenoiser(dim=2, hidden_dim=8, num_layers=1, emb_dim=4), LORA)
 
 

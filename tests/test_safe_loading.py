@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from teachers.errors import ConfigError
-from teachers.io import PICKLE_FILE, load_denoiser, safe_torch_load, save_pretrained_atomic
+import teachers
+from teachers.io import PICKLE_FILE, safe_torch_load, save_pretrained_atomic
 from teachers.mlp import MLPDenoiser
 
 
@@ -37,7 +38,7 @@ def test_teacher_folder_with_malicious_bin_is_refused(tmp_path):
     _tiny().save_config(folder)
     (folder / PICKLE_FILE).write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(ConfigError, match="refusing to unpickle"):
-        load_denoiser(folder)
+        teachers.load(folder)
     assert not marker.exists()
 
 
@@ -45,7 +46,7 @@ def test_tensors_only_bin_loads(tmp_path):
     model, folder = _tiny(), tmp_path / "teacher"
     model.save_config(folder)
     torch.save(model.state_dict(), folder / PICKLE_FILE)
-    loaded = load_denoiser(folder)
+    loaded = teachers.load(folder)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
 
 
@@ -53,5 +54,5 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
     folder = save_pretrained_atomic(_tiny(), tmp_path / "teacher")
     weights = folder / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:30])
-    with pytest.raises(ConfigError, match="cannot load the model"):
-        load_denoiser(folder)
+    with pytest.raises(ConfigError, match="cannot load the mlp model"):
+        teachers.load(folder)

@@ -58,7 +58,7 @@ def test_exported_text_student_is_a_stock_pipeline_with_a_card(sd_run):
 @pytest.mark.parametrize("overrides, message", [
     (["experiment=mnist_sd", "data=mnist"], "teacher=sd is text-to-image but data=mnist has no prompts"),
     (["experiment=mnist", "data=mnist_sd"], "teacher=unet takes class labels, not prompts"),
-    (["experiment=mnist_sd", "teacher.path=zoo:mnist_cond"], "is a UNet2DModel pipeline, not a Stable Diffusion"),
+    (["experiment=mnist_sd", "teacher.path=zoo:mnist_cond"], "is a unet teacher (DDPMPipeline), not one teacher=sd takes"),
     (["experiment=mnist_sd", "teacher.dtype=float64"], "teacher.dtype=float64; allowed: float32, bfloat16, float16"),
     (["experiment=mnist_sd", "teacher.path=null"], "teacher=sd needs teacher.path"),
 ])
@@ -70,7 +70,7 @@ def test_text_to_image_options_on_the_wrong_teacher_stop_before_work(tmp_path, t
 
 def test_a_class_teacher_given_an_sd_folder_is_told_to_use_teacher_sd(tmp_path, tiny_sd_folder):
     cfg = compose_config("train", ["experiment=mnist", f"teacher.path={tiny_sd_folder}", f"run_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="is a Stable Diffusion \\(text-to-image\\) pipeline, not a UNet2DModel pipeline; use teacher=sd"):
+    with pytest.raises(ConfigError, match="is a sd teacher \\(StableDiffusionPipeline\\), not one teacher=unet takes; use teacher=sd"):
         validate(cfg)
 
 
@@ -101,10 +101,10 @@ def test_the_speed_bench_times_text_samplers_with_their_decode(sd_run, tiny_sd_f
     import torch
 
     from eval.bench import benchmark
-    from teachers.io import load_denoiser
+    import teachers
 
     run_dir, _, _ = sd_run
-    figures = benchmark(load_denoiser(tiny_sd_folder), load_denoiser(run_dir / "student"), [{"name": "heun", "num_steps": 2}],
+    figures = benchmark(teachers.load(tiny_sd_folder), teachers.load(run_dir / "student"), [{"name": "heun", "num_steps": 2}],
                         batch_size=4, repeats=1, device=torch.device("cpu"), guidance_scale=2.0, prompts=["a seven", "number two"],
                         center_crop=28)
     assert figures.keys() == {"teacher_heun_nfe3", "student_nfe1"}

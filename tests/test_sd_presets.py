@@ -47,7 +47,7 @@ def test_sdxl_recipe_is_refused_with_a_message(tiny_sd_folder, tmp_path, prompt_
     index = json.loads((sdxl / "model_index.json").read_text())
     (sdxl / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLPipeline",
                                                                "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    with pytest.raises(ConfigError, match="SDXL pipeline .* not supported yet"):
+    with pytest.raises(ConfigError, match="StableDiffusionXLPipeline: .*SDXL teachers are not supported yet"):
         validate(recipe("sdxl_dmd2_4step", sdxl, tmp_path / "run", prompt_file))
 
 

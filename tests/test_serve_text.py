@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import tiny_sd_denoiser
-from distill.card import student_scheduler
 from distill.export import student_record
 from distill.serve.app import ServeSettings, create_app
 from distill.serve.model import PreviewModel
@@ -21,7 +20,7 @@ from eval.harness import STUDENT_FILE
 def text_source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("text_student") / "student"
     student = tiny_sd_denoiser(seed=2)
-    scheduler, _, _ = student_scheduler(student, [student.sigma_max])
+    scheduler, _, _ = student.export_scheduler([student.sigma_max])
     student.save_pretrained(folder, scheduler=scheduler)
     (folder / STUDENT_FILE).write_text(json.dumps(student_record([student.sigma_max], 2.0, None, ["a seven"])))
     source = StudentSource(str(folder))

@@ -5,8 +5,9 @@ from conftest import tiny_unet_denoiser
 from diffusers import DDIMScheduler, DDPMPipeline
 
 from distill.generator import StudentGenerator, trainable_copy
-from teachers.io import load_denoiser, save_pretrained_atomic
-from teachers.unet import sigma_to_t, t_to_sigma
+import teachers
+from teachers.io import save_pretrained_atomic
+from teachers.vp import sigma_to_t, t_to_sigma
 
 
 def test_sigma_timestep_mapping_round_trips():
@@ -67,7 +68,7 @@ def test_saved_teacher_is_a_diffusers_pipeline_and_loads_back(tmp_path):
     teacher = tiny_unet_denoiser("epsilon")
     teacher.sigma_data = 0.7
     path = save_pretrained_atomic(teacher, tmp_path / "teacher")
-    loaded = load_denoiser(path)
+    loaded = teachers.load(path)
     assert (loaded.sigma_data, loaded.sigma_max, loaded.prediction_type) == (0.7, teacher.sigma_max, "epsilon")
     x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 3.0])
     with torch.no_grad():

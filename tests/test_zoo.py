@@ -4,13 +4,13 @@ import json
 import torch
 
 from eval.features import DomainClassifier
-from teachers.io import load_denoiser
+import teachers
 from teachers.zoo import zoo_path
 
 
 def test_shipped_mnist_teachers_load_and_denoise():
     for name, classes in (("mnist_uncond", None), ("mnist_cond", 10)):
-        teacher = load_denoiser(zoo_path(name))
+        teacher = teachers.load(zoo_path(name))
         assert teacher.shape == (1, 28, 28) and teacher.num_classes == classes and teacher.prediction_type == "v_prediction"
         assert not any(p.requires_grad for p in teacher.parameters())
         x0 = torch.zeros(2, 1, 28, 28) - 1  # an empty (black) image

@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -35,7 +35,7 @@ GRIDS = (1, 4, 16)
 
 def bare_cost_ms(model: PreviewModel, batch: int, repeats: int) -> float:
     """Median wall ms of forward + grid + PNG for `batch` one-image requests (the server's work, minus serving)."""
-    labels = None if model.num_classes is None else [1] * batch
+    labels = model.labels_of([model.request_condition(1)] * batch)
     times = []
     for r in range(repeats + 2):  # two warm-up rounds
         start = time.perf_counter()
@@ -54,30 +54,31 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def request_for(client: int, i: int, num_classes: int | None) -> dict:
+def request_for(client: int, i: int, condition) -> dict:
+    """Request i of a client: its own seed, and the condition fields of that seed (PreviewModel.request_condition)."""
     seed = client * 1_000_000 + i
-    return {"id": i, "seed": seed, **({} if num_classes is None else {"label": seed % num_classes})}
+    return {"id": i, "seed": seed, **condition(seed)}
 
 
 def decode(png_bytes: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png_bytes))).astype(int)
 
 
-async def http_client(url: str, client: int, stop_at: float, max_requests: int, num_classes, out: list, first: int = 0) -> None:
+async def http_client(url: str, client: int, stop_at: float, max_requests: int, condition, out: list, first: int = 0) -> None:
     import aiohttp  # a light client (httpx costs twice the CPU per request, and the client shares the 2 cores)
 
     async with aiohttp.ClientSession(base_url=url, timeout=aiohttp.ClientTimeout(total=60)) as http:
         for i in range(first, first + max_requests):
             if time.perf_counter() > stop_at:
                 return
-            body = request_for(client, i, num_classes)
+            body = request_for(client, i, condition)
             start = time.perf_counter()
             async with http.post("/generate", json=body) as reply:
                 content = await reply.read()
             out.append((body, reply.status, (time.perf_counter() - start) * 1000, content if reply.status == 200 else None))
 
 
-async def ws_client(ws_url: str, client: int, stop_at: float, max_requests: int, num_classes, out: list, first: int = 0) -> None:
+async def ws_client(ws_url: str, client: int, stop_at: float, max_requests: int, condition, out: list, first: int = 0) -> None:
     import base64
 
     from websockets.asyncio.client import connect
@@ -86,7 +87,7 @@ async def ws_client(ws_url: str, client: int, stop_at: float, max_requests: int,
         for i in range(first, first + max_requests):
             if time.perf_counter() > stop_at:
                 return
-            body = request_for(client, i, num_classes)
+            body = request_for(client, i, condition)
             start = time.perf_counter()
             await ws.send(json.dumps(body))
             reply = json.loads(await ws.recv())
@@ -106,7 +107,7 @@ def load_figures(records: list, elapsed_s: float, reference) -> dict:
             "images_per_s": len(ok) / elapsed_s}
 
 
-def load_records(url: str, transport: str, clients: int, seconds: float, max_requests: int, num_classes, first: int = 0) -> tuple[list, float]:
+def load_records(url: str, transport: str, clients: int, seconds: float, max_requests: int, condition, first: int = 0) -> tuple[list, float]:
     """`clients` concurrent clients, each sending one-image requests back to back for `seconds` (at most max_requests,
     numbered from `first`); every reply and the wall seconds."""
     records: list = []
@@ -115,18 +116,18 @@ def load_records(url: str, transport: str, clients: int, seconds: float, max_req
 
     async def main():
         if transport == "http":
-            await asyncio.gather(*[http_client(url, c, stop_at, max_requests, num_classes, records, first) for c in range(clients)])
+            await asyncio.gather(*[http_client(url, c, stop_at, max_requests, condition, records, first) for c in range(clients)])
         else:
-            await asyncio.gather(*[ws_client(ws_url, c, stop_at, max_requests, num_classes, records, first) for c in range(clients)])
+            await asyncio.gather(*[ws_client(ws_url, c, stop_at, max_requests, condition, records, first) for c in range(clients)])
 
     start = time.perf_counter()
     asyncio.run(main())
     return records, time.perf_counter() - start
 
 
-def run_load(url: str, transport: str, clients: int, seconds: float, max_requests: int, num_classes, reference) -> dict:
+def run_load(url: str, transport: str, clients: int, seconds: float, max_requests: int, condition, reference) -> dict:
     """The figures of one load level."""
-    records, elapsed_s = load_records(url, transport, clients, seconds, max_requests, num_classes)
+    records, elapsed_s = load_records(url, transport, clients, seconds, max_requests, condition)
     return load_figures(records, elapsed_s, reference)
 
 
@@ -136,7 +137,7 @@ def run_one_client_interleaved(url: str, transport: str, model: PreviewModel, se
     records, elapsed_s, bare = [], 0.0, []
     for r in range(rounds):
         bare.append(bare_cost_ms(model, 1, repeats=10))
-        part, part_s = load_records(url, transport, 1, seconds / rounds, max_requests, model.num_classes, first=r * max_requests)
+        part, part_s = load_records(url, transport, 1, seconds / rounds, max_requests, model.request_condition, first=r * max_requests)
         records += part
         elapsed_s += part_s
     return {**load_figures(records, elapsed_s, reference), "bare_ms_batch1_interleaved": float(np.median(bare))}
@@ -153,9 +154,10 @@ def start_server(student: str, port: int, args) -> subprocess.Popen:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with {server.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:  # the standard library: httpx is a test extra
+                if reply.status == 200:
+                    return server
+        except OSError:
             time.sleep(0.2)
     server.kill()
     raise RuntimeError("the server did not answer /health within 120 s")
@@ -265,7 +267,7 @@ def main(argv=None) -> dict:
 
     def reference(body: dict) -> np.ndarray:  # the image of this seed alone, made here (not by the server)
         if body["seed"] not in references:
-            image = model.generate([body["seed"]], None if "label" not in body else [body["label"]])[0]
+            image = model.generate([body["seed"]], model.labels_of([body]))[0]
             references[body["seed"]] = (image[..., 0] if image.shape[-1] == 1 else image).astype(int)
         return references[body["seed"]]
 
@@ -280,7 +282,7 @@ def main(argv=None) -> dict:
                 if clients == 1:
                     figures = run_one_client_interleaved(url, transport, model, args.seconds, args.max_requests, reference)
                 else:
-                    figures = run_load(url, transport, clients, args.seconds, args.max_requests, model.num_classes, reference)
+                    figures = run_load(url, transport, clients, args.seconds, args.max_requests, model.request_condition, reference)
                 result["load"].append({"transport": transport, "clients": clients, **figures})
                 print(f"{transport} x{clients}: p50 {figures['p50_ms']:.1f} ms, {figures['images_per_s']:.1f} images/s", flush=True)
         result["rss_end_mb"] = rss_mb(server.pid)

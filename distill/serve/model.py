@@ -61,9 +61,20 @@ class PreviewModel:
 
     def warm_up(self, max_batch: int) -> None:
         """One batch of 1 and one of max_batch, so the first user pays for no allocation or compilation."""
-        labels = (lambda n: [""] * n) if self.text_to_image else (lambda n: None) if self.num_classes is None else (lambda n: [0] * n)
         for n in sorted({1, max_batch}):
-            self.generate(list(range(n)), labels(n))
+            self.generate(list(range(n)), self.labels_of([self.request_condition(seed) for seed in range(n)]))
+
+    def request_condition(self, seed: int) -> dict:
+        """A request's condition fields for a seed (benchmarks and warm-up): a class label cycled by seed, the empty
+        prompt for a text student, nothing for an unconditional one."""
+        if self.text_to_image:
+            return {"prompt": ""}
+        return {} if self.num_classes is None else {"label": seed % self.num_classes}
+
+    def labels_of(self, requests: list[dict]) -> list | None:
+        """generate()'s labels (or prompts) of requests' condition fields; None for an unconditional student."""
+        key = "prompt" if self.text_to_image else "label"
+        return None if not self.text_to_image and self.num_classes is None else [request[key] for request in requests]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,11 +82,11 @@ class PreviewModel:
 
     @property
     def num_classes(self) -> int | None:
-        return getattr(self.denoiser, "num_classes", None)
+        return self.denoiser.num_classes
 
     @property
     def text_to_image(self) -> bool:
-        return getattr(self.denoiser, "text_conditional", False)
+        return self.denoiser.text_conditional
 
     @property
     def nfe(self) -> int:
@@ -106,7 +117,7 @@ class PreviewModel:
         else:  # DMD2's k-step sampler, its fresh noise drawn per image from the image's own generator
             noise_like = lambda x0: seeded_draw(generators, x0)  # noqa: E731
             x = multistep_student(self.forward, z, self.sigmas, cond, noise_like=noise_like)
-        return to_uint8(self.denoiser.decode(x) if self.text_to_image else x)
+        return to_uint8(self.denoiser.decode(x))
 
 
 def seeded_draw(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from distill.checkpoint import STEP_DIR, CorruptCheckpoint, complete_checkpoints
 from distill.export import resolve_checkpoint, student_from_checkpoint
 from eval.harness import STUDENT_FILE, read_student_record
 from teachers.errors import ConfigError
-from teachers.io import load_denoiser
+import teachers
 from teachers.zoo import resolve_model_path
 
 log = logging.getLogger("distill.serve")
@@ -62,7 +62,7 @@ class StudentSource:
         """The student (the given checkpoint of a run, else what STUDENT names); CorruptCheckpoint is remembered."""
         if self.kind == "folder":
             record = read_student_record(self.path)
-            denoiser = load_denoiser(self.path, key="STUDENT")
+            denoiser = teachers.load(self.path, key="STUDENT", family=record.get("family"))
             return LoadedStudent(denoiser, record.get("sigmas") or [float(denoiser.sigma_max)], f"folder {self.path.name}")
         checkpoint = checkpoint or (self.path if self.kind == "checkpoint" else self.newest())
         if checkpoint is None:

@@ -29,7 +29,7 @@ from eval.images import draw_inputs
 from teachers.conditions import class_conditions
 from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
-from teachers.io import load_denoiser
+import teachers
 from teachers.zoo import resolve_model_path, zoo_path
 
 BATCH = 250
@@ -82,7 +82,7 @@ def sampled_stats(name: str, fn: SampleFn, model, seed: int, num_samples: int, c
 def student_stats(student_dir: str, classifier: DomainClassifier, seed: int, num_samples: int, ref: Reference, each_step: bool = False) -> list[dict]:
     """The row of a student's samples (its own sigma list for a k-step student); with each_step, one row per prefix
     of that list: the x0 a k-step student holds after each of its steps (which step helps, which hurts)."""
-    student = load_denoiser(student_dir, key="student").eval()
+    student = teachers.load(student_dir, key="student").eval()
     sigmas = read_student_sigmas(student_dir) or [student.sigma_max]
     prefixes = [sigmas[:j] for j in range(1, len(sigmas) + 1)] if each_step else [sigmas]
     return [sampled_stats(student_dir if steps == sigmas else f"{student_dir} (first {len(steps)} of its sigmas)",
@@ -91,7 +91,7 @@ def student_stats(student_dir: str, classifier: DomainClassifier, seed: int, num
 
 def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, seed: int, num_samples: int, ref: Reference) -> dict:
     """The row of the teacher's Heun sampler (2 x steps - 1 NFE)."""
-    teacher = load_denoiser(resolve_model_path(path)).eval()
+    teacher = teachers.load((path)).eval()
     (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
     return sampled_stats(f"{path} ({label})", fn, teacher, seed, num_samples, classifier, ref)
 
