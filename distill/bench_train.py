@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from distill.loop import Prepared, distill_step, prepare, uses_gan
-from teachers.base import expand_sigma, student_input
+from teachers.base import expand_sigma
 from teachers.cli import CONFIG_DIR
 
 PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step", "mnist_sd_dmd2")
@@ -91,7 +91,7 @@ def parts(p: Prepared) -> list[Part]:
     student, critic, real, gen = state.student, p.ctx.critic, ctx.real, p.plain_generator
     z, cond, steps = ctx.draw_z(n + m), ctx.draw_cond(n + m), ctx.draw_steps(n + m)
     with torch.no_grad():
-        x_in, sigma_in = gen.backward_simulation(z, steps, cond) if steps is not None else (student_input(gen.denoiser, z, gen.sigmas[0]), z.new_full((n + m,), gen.sigmas[0]))
+        x_in, sigma_in = gen.backward_simulation(z, steps, cond) if steps is not None else (gen.denoiser.student_input(z, gen.sigmas[0]), z.new_full((n + m,), gen.sigmas[0]))
         x = student(x_in[:n], sigma_in[:n], None if cond is None else cond[:n])
     c = None if cond is None else cond[:n]
     sigma = ctx.sample_sigma(n, None if steps is None else steps[:n])

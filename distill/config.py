@@ -84,7 +84,7 @@ def check_image_teacher(teacher: DictConfig, data: DictConfig) -> Family:
 def teacher_sigma_range(cfg: DictConfig) -> tuple[float, float] | None:
     """The teacher's [sigma_min, sigma_max] from its configs (no weights): its folder's, or the one the run trains."""
     if cfg.teacher.path is not None:
-        return families.sigma_range(cfg.teacher.path)
+        return families.sigma_range(cfg.teacher.path, families.FAMILIES[cfg.teacher.family])
     if cfg.teacher.get("scheduler") is not None:  # a UNet trained in the run: its DDPM table
         return vp_sigma_range(dict(cfg.teacher.scheduler), {})
     return 0.002, 80.0  # an MLP trained in the run: MLPDenoiser's defaults

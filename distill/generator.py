@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from eval.samplers import multistep_student, one_step
-from teachers.base import student_input
 
 
 def trainable_copy(network: nn.Module) -> nn.Module:
@@ -54,7 +53,7 @@ class StudentGenerator(nn.Module):
         Step j runs only on the samples whose step is past it (E[i] network evaluations per sample, not k - 1);
         its noise is drawn for the whole batch, so a sample's input does not depend on the others' steps."""
         sigmas = z.new_tensor(self.sigmas)
-        x = student_input(self.denoiser, z, sigmas[0])
+        x = self.denoiser.student_input(z, sigmas[0])
         for j in range(1, int(step.max()) + 1):
             later = step >= j
             x0 = self.denoiser(x[later], sigmas[j - 1].expand(int(later.sum())), None if cond is None else cond[later])

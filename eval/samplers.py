@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from teachers.base import expand_sigma, student_input
+from teachers.base import expand_sigma
 
 
 def karras_sigma_at(t: torch.Tensor, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -88,14 +88,14 @@ def one_step(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> 
     """The one-step student G(z) = D(sigma_max z, sigma_max) (DMD); sigmas[0] is sigma_max. NFE = 1.
 
     Not under no_grad: the training step differentiates through it."""
-    return denoiser(student_input(denoiser, noise, sigmas[0]), sigmas[0].expand(noise.shape[0]), cond)
+    return denoiser(denoiser.student_input(noise, sigmas[0]), sigmas[0].expand(noise.shape[0]), cond)
 
 
 def student_inputs(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None, generator=None, noise_like=None):
     """The input of each step of a k-step student, lazily: s_0 z, then x0 = D(x, s_j) re-noised to s_{j+1}
     (DMD2 sec. 4.5). Consumers stop early; each later input costs one network evaluation. The fresh noise comes from
     `generator`, or from noise_like(x0) when given (the preview server draws it per image, from each image's seed)."""
-    x = student_input(denoiser, noise, sigmas[0])
+    x = denoiser.student_input(noise, sigmas[0])
     yield x
     for j in range(1, len(sigmas)):
         x0 = denoiser(x, sigmas[j - 1].expand(noise.shape[0]), cond)

@@ -106,11 +106,6 @@ def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def student_input(denoiser, noise: torch.Tensor, sigma) -> torch.Tensor:
-    """A student's first input from noise z ~ N(0, I) at its first sigma: the family's rule (Teacher.student_input)."""
-    return denoiser.student_input(noise, sigma)
-
-
 def score(x0: torch.Tensor, x: torch.Tensor, sigma) -> torch.Tensor:
     """Score of the noised density from a denoiser output: (D(x) - x) / sigma^2 (EDM eq. 3)."""
     return (x0 - x) / expand_sigma(sigma, x) ** 2

@@ -43,9 +43,6 @@ class Conditions:
         embeddings (SD v1.5: 2.4 GB for 10,000 prompts) never all sit on the GPU, only a batch's rows move."""
         return self.table[idx.to(self.table.device)].to(idx.device)
 
-    def to(self, device) -> Conditions:
-        return Conditions(self.table.to(device), self.prompts, self.classes)
-
     def digest(self) -> str:
         """sha256 of the table's content: keys cached samples drawn from it."""
         return hashlib.sha256(self.table.detach().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -103,5 +103,4 @@ def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path
     return DiTDenoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
 
 
-def check_folder(folder: Path, key: str = "teacher.path") -> None:
-    check_dit_folder(folder, key)
+check_folder = check_dit_folder  # the family's folder check (teachers.families)

@@ -30,33 +30,34 @@ class Family:
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name`s (config.json's for single models)
     module: str  # the teachers module that implements it
     latent: bool = False  # samples are VAE latents (evaluation decodes them)
-    text: bool = False  # conditioned on prompts
     supported: bool = True  # False: recognised, refused with `reason`
     reason: str = ""
 
     def loader(self) -> Callable:
-        import importlib
-
-        return importlib.import_module(self.module).load_folder
+        """load_folder(folder, dtype, key) of the family's module."""
+        return self._module().load_folder
 
     def check_folder(self, folder: Path, key: str) -> None:
         """The family's own check of a local folder (every component there, named when missing), no weights read."""
+        self._module().check_folder(folder, key)
+
+    def _module(self):
         import importlib
 
-        importlib.import_module(self.module).check_folder(folder, key)
+        return importlib.import_module(self.module)
 
 
 FAMILIES = {family.name: family for family in (
     Family("mlp", ("MLPDenoiser",), "teachers.mlp"),
     Family("unet", ("DDPMPipeline",), "teachers.unet"),
-    Family("sd", ("StableDiffusionPipeline",), "teachers.latent", latent=True, text=True),
+    Family("sd", ("StableDiffusionPipeline",), "teachers.latent", latent=True),
     Family("dit", ("DiTPipeline",), "teachers.dit", latent=True),
-    Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.latent", latent=True, text=True, supported=False,
+    Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.latent", latent=True, supported=False,
            reason="its UNet also takes pooled text embeddings and time ids from a second text encoder; SDXL teachers are "
                   "not supported yet (Stable Diffusion 1.x / 2.x pipelines are)"),
-    Family("sd3", ("StableDiffusion3Pipeline",), "", latent=True, text=True, supported=False,
+    Family("sd3", ("StableDiffusion3Pipeline",), "", latent=True, supported=False,
            reason="flow-matching teachers (SD3/SD3.5) are not supported yet"),
-    Family("flux", ("FluxPipeline",), "", latent=True, text=True, supported=False,
+    Family("flux", ("FluxPipeline",), "", latent=True, supported=False,
            reason="flow-matching teachers (Flux) are not supported yet"),
 )}
 
@@ -211,9 +212,9 @@ def load(path_or_id, dtype: str | None = None, key: str = "teacher.path", family
     return model.eval().requires_grad_(False)
 
 
-def sigma_range(path_or_id, key: str = "teacher.path") -> tuple[float, float] | None:
-    """(sigma_min, sigma_max) of a teacher from its configs alone (no weights); None where they do not say."""
-    family = detect(path_or_id, key)
+def sigma_range(path_or_id, family: Family, key: str = "teacher.path") -> tuple[float, float] | None:
+    """(sigma_min, sigma_max) of a teacher of a detected family from its configs alone (no weights); None where they
+    do not say."""
     where = resolve(path_or_id, key)
     read = (lambda name: where / name if (where / name).is_file() else None) if isinstance(where, Path) else (lambda name: hub_file(where, name, key))
     if family.name == "mlp":

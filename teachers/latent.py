@@ -9,13 +9,13 @@ On disk it is a diffusers StableDiffusionPipeline folder plus `distill.json` (si
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
 from teachers.errors import ConfigError
+from teachers.families import read_json
 from teachers.unet import DiffusersUNetParts
 from teachers.vp import PREDICTION_TYPES, VPDenoiser, read_extra
 
@@ -53,13 +53,6 @@ def check_config(teacher, data) -> None:
         raise ConfigError("teacher=sd needs teacher.path (a Stable Diffusion pipeline folder, zoo:mnist_sd or a hub id); "
                           "train the miniature one with `python -m teachers.train data=mnist teacher=sd_mini`")
     torch_dtype(teacher.get("dtype"))
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path} is not a readable {what}: {err}") from None
 
 
 def check_pipeline_folder(path: Path, key: str = "teacher.path") -> None:
@@ -144,7 +137,6 @@ class FrozenVAE:
         for key in ("vae", "text_encoder", "preview_vae"):
             if key in self.__dict__:
                 self.__dict__[key].to(device)
-        self.__dict__["_null"] = None
         return self
 
 
@@ -175,7 +167,7 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
         self.unet = unet
         # Frozen helpers, outside the module tree: a trainable copy (student, fake score) deep-copies only the UNet.
         self.__dict__["vae"], self.__dict__["text_encoder"], self.__dict__["tokenizer"] = vae, text_encoder, tokenizer
-        self.__dict__["_null"] = None  # the empty prompt's embedding, computed once
+        self._null = None  # the empty prompt's embedding, computed once (again after a move to another device)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -205,10 +197,9 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """The empty prompt's embedding for every row of cond: the unconditional branch of classifier-free guidance."""
-        null = self.__dict__["_null"]
-        if null is None or null.device != cond.device:
-            null = self.__dict__["_null"] = self.encode_condition([""]).to(cond.device)
-        return null.expand(len(cond), *null.shape[1:]).to(cond.dtype)
+        if self._null is None or self._null.device != cond.device:
+            self._null = self.encode_condition([""]).to(cond.device)
+        return self._null.expand(len(cond), *self._null.shape[1:]).to(cond.dtype)
 
     def text_encoder_digest_parts(self):
         """What a prompt set's embeddings depend on besides the prompts: the encoder's weights, the vocabulary, the
@@ -277,5 +268,4 @@ def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path
     return LatentDenoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
 
 
-def check_folder(folder: Path, key: str = "teacher.path") -> None:
-    check_pipeline_folder(folder, key)
+check_folder = check_pipeline_folder  # the family's folder check (teachers.families)

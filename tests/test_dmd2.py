@@ -21,7 +21,6 @@ from teachers.errors import ConfigError
 from teachers.base import Teacher
 from teachers.mlp import MLPDenoiser
 from teachers.unet import UNetDenoiser
-from teachers.zoo import resolve_model_path
 import teachers
 
 TOY = ["experiment=toy_gmm", "debug=cpu_tiny", "train.plot_every=1000"]
@@ -166,8 +165,8 @@ SUPPORTED = {
     "unet uncond 8x8": lambda: tiny_unet_denoiser(),
     "unet cond 8x8": lambda: tiny_unet_denoiser(num_classes=10),
     "unet rgb 16x16": lambda: tiny_unet_denoiser(size=16, channels=3),
-    "zoo mnist_uncond": lambda: teachers.load(("zoo:mnist_uncond")),
-    "zoo mnist_cond": lambda: teachers.load(("zoo:mnist_cond")),
+    "zoo mnist_uncond": lambda: teachers.load("zoo:mnist_uncond"),
+    "zoo mnist_cond": lambda: teachers.load("zoo:mnist_cond"),
 }
 
 

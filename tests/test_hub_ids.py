@@ -2,11 +2,12 @@
 loads by folder, zoo name and cached hub id alike, and a run on a hub-id teacher goes through every entry point."""
 import json
 import shutil
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
-from conftest import compose_config, tiny_dit_denoiser, tiny_unet_denoiser
+from conftest import compose_config, tiny_dit_denoiser
 
 import teachers
 from teachers.errors import ConfigError
@@ -18,7 +19,7 @@ from teachers.zoo import zoo_path
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def lay_into_cache(hub: "Path", repo_id: str, folder) -> None:
+def lay_into_cache(hub: Path, repo_id: str, folder) -> None:
     """A model folder as the cache holds a hub repository's snapshot: models--OWNER--NAME/snapshots/<hex>/..., refs/main."""
     repo = hub / f"models--{repo_id.replace('/', '--')}"
     shutil.copytree(folder, repo / "snapshots" / REVISION)

@@ -30,7 +30,7 @@ from teachers.conditions import class_conditions
 from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
 from teachers.data import load_images
 import teachers
-from teachers.zoo import resolve_model_path, zoo_path
+from teachers.zoo import zoo_path
 
 BATCH = 250
 SHAPE = (1, 28, 28)
@@ -91,7 +91,7 @@ def student_stats(student_dir: str, classifier: DomainClassifier, seed: int, num
 
 def teacher_stats(path: str, heun_steps: int, classifier: DomainClassifier, seed: int, num_samples: int, ref: Reference) -> dict:
     """The row of the teacher's Heun sampler (2 x steps - 1 NFE)."""
-    teacher = teachers.load((path)).eval()
+    teacher = teachers.load(path).eval()
     (label, fn), = teacher_sample_fns(teacher, [{"name": "heun", "num_steps": heun_steps}]).items()
     return sampled_stats(f"{path} ({label})", fn, teacher, seed, num_samples, classifier, ref)
 
