@@ -140,6 +140,14 @@ def random_batch(tensors, batch_size: int, device):
     return tuple(t[idx] for t in tensors)
 
 
+def with_conds(batch: tuple | None, conditions: Conditions | None) -> tuple | None:
+    """A stored batch whose last entry is condition rows (pairs (z, y, rows), real images (x, rows)) with those rows
+    looked up in the condition table: only a batch's conds reach the device."""
+    if batch is None or conditions is None:
+        return batch
+    return (*batch[:-1], conditions.rows(batch[-1]))
+
+
 def is_due(done: int, every: int, last: int) -> bool:
     """Every `every` steps and at the last one."""
     return done % every == 0 or done == last
@@ -167,7 +175,7 @@ class StepContext:
     fake_score: torch.nn.Module  # the (DDP-prepared) Critic: D_fake and, with the GAN, its head
     critic: torch.nn.Module  # the same Critic unwrapped, for the student's GAN loss (no DDP hooks)
     real: object
-    real_data: tuple[torch.Tensor, ...] | None  # images[, labels] for the GAN's real side
+    real_data: tuple[torch.Tensor, ...] | None  # images[, condition rows] for the GAN's real side
     student_optimizer: torch.optim.Optimizer
     fake_optimizer: torch.optim.Optimizer
     pairs: tuple[torch.Tensor, ...] | None
@@ -238,13 +246,13 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             sigma = ctx.sample_sigma(n, steps, "fake_sigma")
             cond = cond if reuse else ctx.draw_cond(n)  # after sigma: a one-step run's random stream as before
             real_batch = random_batch(ctx.real_data, n, ctx.accelerator.device)  # before the GAN sigma: the random stream as before
+            real_batch = with_conds(real_batch, ctx.conditions)
             batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(2 * n))
             logs |= fake_step(ctx.networks, ctx.fake_optimizer, batch, sigma, ctx.fake_loss, real_batch, x)
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
             counters.fake_updates += 1
     batch_pairs = random_batch(ctx.pairs, train.regression_batch_size, ctx.accelerator.device)
-    if batch_pairs is not None and ctx.conditions is not None:  # the pairs' condition rows -> their conds
-        batch_pairs = (*batch_pairs[:2], ctx.conditions.rows(batch_pairs[2]))
+    batch_pairs = with_conds(batch_pairs, ctx.conditions)
     z, cond, steps = ctx.draw_z(n), ctx.draw_cond(n), ctx.draw_steps(n)
     batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(n))
     student_logs, x = student_step(ctx.networks, ctx.student_optimizer, batch, ctx.sample_sigma, batch_pairs, ctx.student_loss)

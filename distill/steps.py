@@ -1,6 +1,7 @@
 """One update of the fake score and one of the student; each returns a dict of scalars (0-d tensors, or floats)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -203,6 +204,9 @@ def student_step(
         loss_reg = regression_loss(x_ref, y_ref, loss.regression_distance, loss.pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
         logs["loss/regression"] = loss_reg.detach()
-    logs["grad_norm/student"], skipped = apply_update(nets.accelerator, total, generator, optimizer, loss.grad_clip)
+    # The critic stays frozen through the backward too: under gradient checkpointing its forward is recomputed
+    # there, and must save the same tensors it saved with frozen weights.
+    with frozen(critic) if gan_weight > 0 else contextlib.nullcontext():
+        logs["grad_norm/student"], skipped = apply_update(nets.accelerator, total, generator, optimizer, loss.grad_clip)
     logs["skipped/student"] = float(skipped)
     return logs, x.detach()

@@ -111,7 +111,8 @@ class ImageTask:
         return conditions_for(teacher, self.data_cfg, part, cfg.eval.cache_dir)
 
     def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
-        """(images[, labels]) of the training split for the GAN's real side; labels for class-conditional teachers."""
+        """(images[, labels]) of the training split for the GAN's real side; labels (rows of the class table) for
+        class-conditional teachers."""
         images, labels = load_images(self.data_cfg, "train")
         return (images.to(device), labels.to(device)) if teacher.num_classes else (images.to(device),)
 
@@ -139,9 +140,10 @@ class LatentTask(ImageTask):
         log_image(accelerator, path, step)
 
     def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
-        """(latents, conds) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
-        was trained, data.pad), each with its class label, or for a text teacher the embedding of a prompt that names
-        its class; conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
+        """(latents[, rows]) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
+        was trained, data.pad), each with its row of the condition table: its class label, or for a text teacher a
+        prompt that names its class (rows, not embeddings: the loop looks up a batch's conds, so the table stays in CPU
+        memory); conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
         text = conditions is not None and conditions.prompts is not None
         if text and (conditions.classes is None or not bool((conditions.classes >= 0).any())):
             raise ConfigError("the GAN's real side needs captioned images; this prompt set names no classes of data "
@@ -155,7 +157,7 @@ class LatentTask(ImageTask):
         if any(len(r) == 0 for r in rows):
             raise ConfigError(f"data.prompts names no prompt for some classes of data {self.data_cfg.name}")
         picked = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])
-        return latents, conditions.table[picked].to(device)
+        return latents, picked.to(device)
 
     def latents(self, teacher, images: torch.Tensor, device, seed: int) -> torch.Tensor:
         """Training images (padded by data.pad as the teacher's VAE was trained) through the VAE's encoder."""

@@ -51,11 +51,11 @@ def benchmark(teacher, student, samplers: list[dict], batch_size: int, repeats: 
     conditions = class_conditions(teacher.num_classes)
     if teacher.text_conditional:
         chosen = list(prompts or [""])
-        conditions = Conditions(teacher.encode_condition(chosen).to(device), chosen)
+        conditions = Conditions(teacher.encode_condition(chosen).cpu(), chosen)
     if teacher.latent:
         fns = {label: decoded(fn, teacher, center_crop) for label, fn in fns.items()}
     noise, cond = draw_inputs(batch_size, teacher.shape, conditions, seed=0)
-    noise, cond = noise.to(device), None if cond is None else cond.to(device)
+    noise = noise.to(device)
     seconds = {label: min(timed_sampling(fn.fn, noise, batch_size, cond)[1] for _ in range(repeats)) for label, fn in fns.items()}
     speedup = {label: seconds[label] / seconds[student_key] for label in fns}
     name = device_name(device)

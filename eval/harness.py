@@ -84,10 +84,11 @@ def read_student_sigmas(path) -> list[float] | None:
 
 
 def timed_sampling(fn, noise: torch.Tensor, batch_size: int, cond: torch.Tensor | None = None, desc: str = "") -> tuple[torch.Tensor, float]:
-    """All samples for the noise (and labels), in batches, and the wall seconds per sample (after a warm-up batch)."""
-    conds = cond.split(batch_size) if cond is not None else [None] * len(noise.split(batch_size))
+    """All samples for the noise (and conds), in batches, and the wall seconds per sample (after a warm-up batch).
+    Each batch's conds move to the noise's device as it is sampled: a prompt set's embeddings stay where they are."""
+    conds = [c.to(noise.device) for c in cond.split(batch_size)] if cond is not None else [None] * len(noise.split(batch_size))
     with torch.no_grad():
-        fn(noise[: min(batch_size, 16)], None if cond is None else cond[: min(batch_size, 16)])
+        fn(noise[: min(batch_size, 16)], None if cond is None else cond[: min(batch_size, 16)].to(noise.device))
         _synchronize(noise.device)
         start = time.perf_counter()
         chunks = tqdm(list(zip(noise.split(batch_size), conds)), desc=desc or "sampling", disable=not desc, mininterval=2)

@@ -177,7 +177,7 @@ def evaluate_images(
     else:
         reference = reference_stats(extractor, ref_images, data_cfg.name, eval_cfg.reference_split, eval_cfg.cache_dir)
     noise, cond, rows = draw_indexed_inputs(eval_cfg.num_samples, shape, conditions, eval_cfg.seed)
-    noise, cond = noise.to(device), None if cond is None else cond.to(device)
+    noise = noise.to(device)  # the conds stay in CPU memory: each sampling batch moves its own (timed_sampling)
     samples, seconds = {}, {}
     key = inputs_key(eval_cfg, shape, conditions)
     for label, sample_fn in sample_fns.items():

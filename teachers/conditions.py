@@ -3,6 +3,10 @@
 Class-conditional teachers: the labels 0..K-1 (row i = i). Text-to-image teachers: the text embeddings of a prompt
 set (row i = the embedding of prompt i), computed once per prompt set and cached on disk. Training, pairs and
 evaluation draw conditions as rows of the table, so they never know which kind it is.
+
+A cond is one tensor (labels, or SD's embeddings) or, where a family needs several per sample (SDXL: both encoders'
+hidden states and the pooled embedding), one `tensordict.TensorDict` with a batch dimension: it indexes by rows,
+concatenates (`torch.cat`), stacks and moves between devices as one tensor does, so callers treat both alike.
 """
 from __future__ import annotations
 
@@ -44,8 +48,31 @@ class Conditions:
         return self.table[idx.to(self.table.device)].to(idx.device)
 
     def digest(self) -> str:
-        """sha256 of the table's content: keys cached samples drawn from it."""
-        return hashlib.sha256(self.table.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        """sha256 of the table's content (a structured table's fields by name): keys cached samples drawn from it."""
+        if isinstance(self.table, torch.Tensor):
+            return hashlib.sha256(self.table.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = hashlib.sha256()
+        for name, tensor in sorted(flat_tensors(self.table).items()):
+            key.update(name.encode())
+            key.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return key.hexdigest()
+
+
+def flat_tensors(table) -> dict[str, torch.Tensor]:
+    """A condition table as named tensors (safetensors' format): `embeddings`, or `embeddings.<field>` per field."""
+    if isinstance(table, torch.Tensor):
+        return {"embeddings": table}
+    return {f"embeddings.{name}": tensor for name, tensor in table.items()}
+
+
+def from_flat_tensors(tensors: dict[str, torch.Tensor]):
+    """The table flat_tensors wrote: one tensor, or a TensorDict of its fields."""
+    if set(tensors) == {"embeddings"}:
+        return tensors["embeddings"]
+    from tensordict import TensorDict
+
+    fields = {name.removeprefix("embeddings."): tensor for name, tensor in tensors.items()}
+    return TensorDict(fields, batch_size=[len(next(iter(fields.values())))], device="cpu")
 
 
 def class_conditions(num_classes: int | None) -> Conditions | None:
@@ -120,12 +147,12 @@ def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cac
     labels = None if classes is None else torch.tensor([-1 if c is None else c for c in classes])
     folder = None if cache_dir is None else Path(cache_dir) / "text_embeddings" / key.hexdigest()[:24]
     if folder is not None and (folder / "embeddings.safetensors").is_file():
-        return Conditions(load_file(folder / "embeddings.safetensors")["embeddings"], list(prompts), labels)
+        return Conditions(from_flat_tensors(load_file(folder / "embeddings.safetensors")), list(prompts), labels)
     table = denoiser.encode_condition(list(prompts)).cpu()
     if folder is not None:
         def write(tmp: Path) -> None:
             tmp.mkdir(parents=True)
-            save_file({"embeddings": table.contiguous()}, tmp / "embeddings.safetensors")
+            save_file({name: t.contiguous() for name, t in flat_tensors(table).items()}, tmp / "embeddings.safetensors")
             (tmp / "prompts.json").write_text(json.dumps(list(prompts)))
 
         write_folder_atomic(folder, write, keep_existing=True)

@@ -52,9 +52,7 @@ FAMILIES = {family.name: family for family in (
     Family("unet", ("DDPMPipeline",), "teachers.unet"),
     Family("sd", ("StableDiffusionPipeline",), "teachers.latent", latent=True),
     Family("dit", ("DiTPipeline",), "teachers.dit", latent=True),
-    Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.latent", latent=True, supported=False,
-           reason="its UNet also takes pooled text embeddings and time ids from a second text encoder; SDXL teachers are "
-                  "not supported yet (Stable Diffusion 1.x / 2.x pipelines are)"),
+    Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.sdxl", latent=True),
     Family("sd3", ("StableDiffusion3Pipeline",), "", latent=True, supported=False,
            reason="flow-matching teachers (SD3/SD3.5) are not supported yet"),
     Family("flux", ("FluxPipeline",), "", latent=True, supported=False,

@@ -55,16 +55,18 @@ def check_config(teacher, data) -> None:
     torch_dtype(teacher.get("dtype"))
 
 
-def check_pipeline_folder(path: Path, key: str = "teacher.path") -> None:
+def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tuple[str, ...] = COMPONENTS,
+                          addition_embed_type: str | None = None, what: str = "Stable Diffusion") -> None:
     """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
-    not know, and a UNet that needs extra conditioning, are refused before any work."""
+    not know, and a UNet whose extra conditioning (addition_embed_type) is not the family's, are refused before any
+    work."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
-    missing = [name for name in COMPONENTS if not (path / name).is_dir()]
+    missing = [name for name in components if not (path / name).is_dir()]
     if missing:
-        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a Stable Diffusion "
-                          f"folder has {', '.join(COMPONENTS)}")
+        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} "
+                          f"folder has {', '.join(components)}")
     scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
     name = scheduler.get("_class_name")
     if name not in DISCRETE_SCHEDULERS:
@@ -74,9 +76,9 @@ def check_pipeline_folder(path: Path, key: str = "teacher.path") -> None:
     if prediction not in PREDICTION_TYPES:
         raise ConfigError(f"{key}={path}: scheduler prediction_type={prediction}; allowed: {', '.join(PREDICTION_TYPES)}")
     unet = read_json(path / "unet" / "config.json", "UNet config")
-    if unet.get("addition_embed_type") is not None:
-        raise ConfigError(f"{key}={path}: the UNet's addition_embed_type={unet['addition_embed_type']} needs extra "
-                          "conditioning (SDXL-style) that this adapter does not supply")
+    if unet.get("addition_embed_type") != addition_embed_type:
+        raise ConfigError(f"{key}={path}: the UNet's addition_embed_type={unet.get('addition_embed_type')} is not the "
+                          f"{what} family's ({addition_embed_type}): it needs conditioning this adapter does not supply")
 
 
 class FrozenVAE:
@@ -86,6 +88,7 @@ class FrozenVAE:
     timestep: an exported student then makes the same latents there."""
 
     SHARED = ("vae", "text_encoder", "tokenizer", "preview_vae")  # frozen helpers a copy shares, when present
+    MOVED = ("vae", "text_encoder", "preview_vae")  # the modules among them that follow the network's device
     latent = True
 
     def student_input(self, noise: torch.Tensor, sigma) -> torch.Tensor:
@@ -134,7 +137,7 @@ class FrozenVAE:
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
         device = next(self.network.parameters()).device
-        for key in ("vae", "text_encoder", "preview_vae"):
+        for key in self.MOVED:
             if key in self.__dict__:
                 self.__dict__[key].to(device)
         return self
@@ -146,7 +149,7 @@ from diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained(".")  # this folder, or its hub id
 generator = torch.Generator().manual_seed(0)
 prompts = {prompts!r}
-images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # NHWC in [0, 1]
+images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator{timesteps}, output_type="np").images  # NHWC in [0, 1]
 '''
 
 
@@ -184,16 +187,21 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
         """Text embeddings (P, L, D) of the prompts (the text encoder's last hidden state, as Stable Diffusion reads
         it); prompts longer than the tokenizer allows are truncated, with one warning that counts them."""
         device = next(self.text_encoder.parameters()).device
-        limit = self.max_prompt_tokens
-        too_long = sum(len(self.tokenizer(p).input_ids) > limit for p in prompts)
-        if too_long:
-            log.warning("%d of %d prompts are longer than the tokenizer's %d tokens and were truncated", too_long, len(prompts), limit)
+        limit = self.warn_truncated(prompts)
         out = []
         for i in range(0, len(prompts), batch_size):
             ids = self.tokenizer(list(prompts[i : i + batch_size]), padding="max_length", max_length=limit, truncation=True,
                                  return_tensors="pt").input_ids.to(device)
             out.append(self.text_encoder(ids)[0].float())
         return torch.cat(out) if out else torch.zeros(0, limit, self.unet.config.cross_attention_dim)
+
+    def warn_truncated(self, prompts: list[str]) -> int:
+        """One warning counting the prompts longer than the tokenizer's limit (they are truncated); the limit."""
+        limit = self.max_prompt_tokens
+        too_long = sum(len(self.tokenizer(p).input_ids) > limit for p in prompts)
+        if too_long:
+            log.warning("%d of %d prompts are longer than the tokenizer's %d tokens and were truncated", too_long, len(prompts), limit)
+        return limit
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """The empty prompt's embedding for every row of cond: the unconditional branch of classifier-free guidance."""
@@ -214,13 +222,26 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
                                        scheduler=scheduler or self.scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
 
+    SNIPPET, PIPELINE = SD_SNIPPET, "StableDiffusionPipeline"
+
+    def export_scheduler(self, sigmas: list[float]):
+        """The LCMScheduler for k steps; exact wherever the student's timesteps are integers: the stock pipeline's
+        `timesteps=` argument takes those its default spacing misses (DMD2's one-step SDXL student at t = 399)."""
+        scheduler, timesteps, _ = super().export_scheduler(sigmas)
+        return scheduler, timesteps, all(abs(t - round(t)) < 1e-3 for t in timesteps)
+
     def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
         # Its own call, without CFG (guidance_scale=1): the guidance is distilled in.
-        return SD_SNIPPET.format(prompts=list(prompts or ["a photo"])[:4], k=len(sigmas)) if exact else None
+        if not exact:
+            return None
+        scheduler, timesteps, _ = self.export_scheduler(sigmas)
+        steps = [round(t) for t in timesteps]
+        given = "" if steps == scheduler.timesteps.tolist() else f", timesteps={steps}"
+        return self.SNIPPET.format(prompts=list(prompts or ["a photo"])[:4], k=len(sigmas), timesteps=given)
 
     def card_facts(self) -> tuple[str, str]:
-        return "text-to-image", ("a stock `StableDiffusionPipeline` with the `LCMScheduler` stored here runs it "
-                                 "(guidance_scale=1: the guidance is distilled in)")
+        return "text-to-image", (f"a stock `{self.PIPELINE}` with the `LCMScheduler` stored here runs it "
+                                 "(guidance_scale=1: the guidance is distilled in; `timesteps=` where the snippet passes them)")
 
     def save_lora_weights(self, folder, lora) -> bool:
         """pytorch_lora_weights.safetensors (the adapter's config as metadata) for StableDiffusionPipeline.load_lora_weights."""

@@ -80,6 +80,46 @@ def tiny_sd_denoiser(prediction_type: str = "epsilon", seed: int = 0):
                           tokenizer).requires_grad_(False)
 
 
+def tiny_sdxl_denoiser(seed: int = 0, force_zeros_for_empty_prompt: bool = True):
+    """A random SDXL pipeline of the miniature's scale, structured as SDXL base is: two CLIP tokenizers and text
+    encoders (the second with a projection: the pooled embedding), the tiny 1-channel VAE to 4x8x8 latents, and a
+    UNet2DConditionModel with `text_time` conditioning; Euler on the scaled-linear schedule, eps prediction."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from teachers.mini_sd import all_captions, build_components, build_tokenizer
+    from teachers.sdxl import SDXLDenoiser
+
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+    tokenizer = build_tokenizer(all_captions(), TINY_SD_NET["text"]["max_length"])
+    vocab = tokenizer.get_vocab()
+    text = dict(vocab_size=len(vocab), intermediate_size=32, num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae, _, _, _ = build_components(tokenizer, **TINY_SD_NET, scheduler={"prediction_type": "epsilon"})
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=16, num_hidden_layers=2, **text))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=16, num_hidden_layers=2, projection_dim=8, **text))
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=32, transformer_layers_per_block=(1, 2),
+            addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 * 4 + 8,
+        )
+    vae.register_to_config(scaling_factor=0.5)
+    return SDXLDenoiser(unet.eval(), scheduler, vae.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False), tokenizer,
+                        text_encoder_2.eval().requires_grad_(False), tokenizer, force_zeros_for_empty_prompt).requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """A saved tiny random SDXL pipeline folder."""
+    path = tmp_path_factory.mktemp("tiny_sdxl") / "pipeline"
+    tiny_sdxl_denoiser().save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
     """A saved tiny random Stable Diffusion pipeline folder (eps prediction)."""

@@ -14,10 +14,11 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
 
 
 # Text-to-image options (a Stable Diffusion teacher and prompts) compose on the miniature SD's preset; the full-size
-# recipes name hub teachers and the user's prompt files, so they validate in tests/test_sd_presets.py on tiny folders.
+# recipes name hub teachers and the user's prompt files, so they validate in tests/test_sd_presets.py and
+# tests/test_sdxl.py on tiny folders.
 TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
 USER_FILES = {("data", "prompts"), ("data", "coco"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
-              ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit")}
+              ("experiment", "sdxl_dmd2"), ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit")}
 HUB_TEACHERS = {("experiment", "cifar10")}  # names a hub teacher: validation reads its model_index.json (network or cache)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from conftest import compose_config, tiny_dit_denoiser
+from conftest import compose_config, tiny_dit_denoiser, tiny_sdxl_denoiser
 
 import teachers
 from teachers.errors import ConfigError
@@ -29,11 +29,12 @@ def lay_into_cache(hub: Path, repo_id: str, folder) -> None:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_sd_folder):
-    """Local folders of every family: the tiny SD, a tiny DiT, zoo:mnist_cond (UNet), a tiny MLP."""
+    """Local folders of every family: the tiny SD and SDXL, a tiny DiT, zoo:mnist_cond (UNet), a tiny MLP."""
     root = tmp_path_factory.mktemp("families")
     save_pretrained_atomic(tiny_dit_denoiser(), root / "dit")
+    save_pretrained_atomic(tiny_sdxl_denoiser(), root / "sdxl")
     save_pretrained_atomic(MLPDenoiser(dim=2, hidden_dim=8, num_layers=1, emb_dim=4), root / "mlp")
-    return {"sd": tiny_sd_folder, "dit": root / "dit", "unet": zoo_path("mnist_cond"), "mlp": root / "mlp"}
+    return {"sd": tiny_sd_folder, "sdxl": root / "sdxl", "dit": root / "dit", "unet": zoo_path("mnist_cond"), "mlp": root / "mlp"}
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def probe(model):
         return model(x, torch.tensor([0.5, 3.0]), cond)
 
 
-@pytest.mark.parametrize("family", ["sd", "dit", "unet", "mlp"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "dit", "unet", "mlp"])
 def test_every_family_loads_by_folder_and_by_cached_hub_id(hub, folders, family):
     by_folder, by_id = teachers.load(folders[family]), teachers.load(f"acme/{family}")
     assert by_folder.family == by_id.family == detect(f"acme/{family}").name == family
@@ -77,7 +78,16 @@ def test_a_teacher_that_is_neither_local_nor_cached_is_one_line(hub, path, messa
         teachers.load(path)
 
 
-def test_an_sd_teacher_by_hub_id_through_distill_export_eval_serve_and_bench(hub, tmp_path, monkeypatch):
+# The SD miniature's recipe, and DMD2's SDXL one (its GAN on the captioned digits; SDXL's own FID protocol needs
+# Inception weights: the domain classifier here).
+PRESETS = {"sd": ["experiment=mnist_sd_dmd2"],
+           "sdxl": ["experiment=sdxl_dmd2", "data=mnist_sd", "teacher.dtype=float32", "train.mixed_precision=no",
+                    "eval.feature_extractor=domain", "eval.center_crop=28"]}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_text_teacher_by_hub_id_through_distill_export_eval_serve_and_both_benches(hub, tmp_path, monkeypatch, family):
+    from distill.bench_train import main as bench_train_main
     from distill.export import main as export_main
     from distill.loop import run
     from distill.serve.model import PreviewModel
@@ -85,19 +95,19 @@ def test_an_sd_teacher_by_hub_id_through_distill_export_eval_serve_and_bench(hub
     from eval.bench import main as bench_main
     from eval.run import run as eval_run
 
-    run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    overrides = ["experiment=mnist_sd_dmd2", "debug=cpu_tiny_sd", "teacher.path=acme/sd", f"run_dir={run_dir}",
+    run_dir, cache, repo = tmp_path / "run", tmp_path / "cache", f"acme/{family}"
+    overrides = [*PRESETS[family], "debug=cpu_tiny_sd", f"teacher.path={repo}", f"run_dir={run_dir}",
                  f"eval.cache_dir={cache}", "eval.second_classifier=null", "train.max_steps=1"]
     metrics = run(compose_config("train", overrides))  # distill: train, export, evaluate
     assert set(metrics) == {"teacher_heun_nfe3", "student_nfe1"}
     recorded = (run_dir / "config.yaml").read_text()
-    assert "family: sd" in recorded and "path: acme/sd" in recorded
-    assert json.loads((run_dir / "student" / "student.json").read_text())["family"] == "sd"
+    assert f"family: {family}" in recorded and f"path: {repo}" in recorded
+    assert json.loads((run_dir / "student" / "student.json").read_text())["family"] == family
 
     out = export_main([str(run_dir), "--out", str(tmp_path / "export")])  # export re-reads the run's teacher by its id
-    assert teachers.load(out, key="student").family == "sd"
+    assert teachers.load(out, key="student").family == family
 
-    eval_cfg = compose_config("eval", ["experiment=mnist_sd_dmd2", "teacher.path=acme/sd", f"student_path={out}",
+    eval_cfg = compose_config("eval", [*PRESETS[family], f"teacher.path={repo}", f"student_path={out}",
                                        f"run_dir={tmp_path / 'eval'}", f"eval.cache_dir={cache}", "eval.second_classifier=null",
                                        "eval.num_samples=32", "eval.batch_size=32", "eval.teacher_samplers=[{name: heun, num_steps: 2}]",
                                        "eval.bootstrap_resamples=20", "eval.kid_subsets=10", "eval.kid_subset_size=16"])
@@ -107,10 +117,16 @@ def test_an_sd_teacher_by_hub_id_through_distill_export_eval_serve_and_bench(hub
     image = model.generate([7], ["a handwritten seven"])
     assert image.shape == (1, 32, 32, 1)
 
-    monkeypatch.setattr("sys.argv", ["eval.bench", "acme/sd", str(out), "--samplers", "euler:1", "--batch-size", "2",
+    monkeypatch.setattr("sys.argv", ["eval.bench", repo, str(out), "--samplers", "euler:1", "--batch-size", "2",
                                      "--repeats", "1", "--out", str(tmp_path / "bench.json")])
     bench_main()
     assert set(json.loads((tmp_path / "bench.json").read_text())) == {"teacher_euler_nfe1", "student_nfe1"}
+
+    preset, *extra = PRESETS[family]
+    (result,) = bench_train_main([preset.removeprefix("experiment="), *[f"--override={o}" for o in extra],
+                                  "--override=debug=cpu_tiny_sd", f"--override=teacher.path={repo}", "--override=train.batch_size=2",
+                                  "--repeats", "1", "--out", str(tmp_path / "bench_train")])
+    assert result["step_ms"] > 0 and any("GAN" in part for part in result["parts"])
 
 
 def test_a_unet_teacher_by_hub_id_and_a_zoo_student_in_eval(hub, tmp_path):

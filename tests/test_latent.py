@@ -107,7 +107,7 @@ def test_a_missing_component_is_named(tiny_sd_folder, tmp_path, component):
 
 
 @pytest.mark.parametrize("pipeline_class, message", [
-    ("StableDiffusionXLPipeline", "SDXL teachers are not supported yet"),
+    ("StableDiffusionXLPipeline", "missing the pipeline component\\(s\\) tokenizer_2, text_encoder_2; a Stable Diffusion XL folder"),
     ("StableDiffusion3Pipeline", "flow-matching teachers .SD3/SD3.5. are not supported yet"),
     ("FluxPipeline", "flow-matching teachers .Flux. are not supported yet"),
     ("KandinskyPipeline", "KandinskyPipeline, which the toolkit does not know; it knows .*StableDiffusionPipeline .sd."),

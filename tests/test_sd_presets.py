@@ -1,7 +1,6 @@
-"""The full-size recipes (SD v1.5 DMD2 and DMD, the GAN stage, SDXL's refusal) compose and pass validation on tiny
-random components of the same structure; the stage-2 GAN run starts from a stage-1 checkpoint."""
+"""The full-size recipes (SD v1.5 DMD2 and DMD, the GAN stage) compose and pass validation on tiny random components
+of the same structure; the stage-2 GAN run starts from a stage-1 checkpoint. SDXL's: tests/test_sdxl.py."""
 import json
-import shutil
 
 import pytest
 from conftest import compose_config
@@ -39,16 +38,6 @@ def test_the_gan_stage_needs_a_stage_one_checkpoint(tiny_sd_folder, tmp_path, pr
     cfg = recipe("sd15_dmd2_gan", tiny_sd_folder, tmp_path, prompt_file, f"train.init_from={tmp_path / 'nothing'}")
     with pytest.raises(ConfigError, match="train.init_from=.*cannot be loaded"):
         validate(cfg)
-
-
-def test_sdxl_recipe_is_refused_with_a_message(tiny_sd_folder, tmp_path, prompt_file):
-    sdxl = tmp_path / "sdxl"
-    shutil.copytree(tiny_sd_folder, sdxl)
-    index = json.loads((sdxl / "model_index.json").read_text())
-    (sdxl / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLPipeline",
-                                                               "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    with pytest.raises(ConfigError, match="StableDiffusionXLPipeline: .*SDXL teachers are not supported yet"):
-        validate(recipe("sdxl_dmd2_4step", sdxl, tmp_path / "run", prompt_file))
 
 
 def test_gan_stage_starts_from_the_dmd_stage(tiny_sd_folder, tmp_path, prompt_file):

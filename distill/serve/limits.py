@@ -31,7 +31,6 @@ class GenerateRequest(BaseModel):
     label: int | None = Field(None, description="class id of a class-conditional student (required there)")
     num_images: int = Field(1, ge=1, description="1, 4, 16 ...: the images come back as one grid")
     prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS, description="text-to-image students only")
-    negative_prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS, description="text-to-image students only")
 
 
 class RequestError(ValueError):
@@ -43,7 +42,7 @@ class RequestError(ValueError):
 
 
 ALLOWED = {"seed": f"0..{SEED_MAX}", "num_images": "1..max_images", "label": "a class id or null",
-           "prompt": f"text of at most {PROMPT_MAX_CHARS} characters", "negative_prompt": f"text of at most {PROMPT_MAX_CHARS} characters",
+           "prompt": f"text of at most {PROMPT_MAX_CHARS} characters",
            "id": "an integer or a string"}
 
 
@@ -74,11 +73,9 @@ def check_request(request: GenerateRequest, limits: Limits, num_classes: int | N
         raise RequestError(422, f"num_images: {request.num_images}; allowed 1..{limits.max_images}")
     if request.seed + request.num_images - 1 > SEED_MAX:
         raise RequestError(422, f"seed: {request.seed} + num_images - 1 exceeds {SEED_MAX}; allowed 0..{SEED_MAX - request.num_images + 1}")
-    if not text_to_image and (request.prompt is not None or request.negative_prompt is not None):
+    if not text_to_image and request.prompt is not None:
         kind = f"class-conditional (label 0..{num_classes - 1})" if num_classes else "unconditional"
-        raise RequestError(422, f"prompt: this student is {kind} and takes no prompt or negative_prompt")
-    if text_to_image and request.negative_prompt is not None:
-        raise RequestError(422, "negative_prompt: this student's guidance is distilled in (one pass, no unconditional branch); send none")
+        raise RequestError(422, f"prompt: this student is {kind} and takes no prompt")
     if text_to_image and request.label is not None:
         raise RequestError(422, f"label: {request.label}; this student is text-to-image, send a prompt instead")
     if text_to_image:
