@@ -4,17 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.checkpoint import CorruptCheckpoint, verify
 from distill.schedule import LR_SCHEDULES
-from distill.tasks import ImageTask, LatentTask, ToyTask
+from distill.gan import uses_gan
+from distill.tasks import ImageTask, LatentTask, ToyTask, no_captions_message
 from eval.samplers import SAMPLERS
 from teachers.base import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers import families
 from teachers.families import Family
+from teachers.data import has_captions
 from teachers.latent import check_config as check_sd_config
 from teachers.io import read_model_config
 from teachers.train import check_teacher_config
@@ -141,6 +143,14 @@ def check_loss(loss: DictConfig) -> None:
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
 
 
+def check_gan_real_side(cfg: DictConfig) -> None:
+    """A text teacher's GAN needs real images it knows the prompts of: captioned images, or prompts that name the
+    images' classes (data=mnist_sd); refused here, before any work, where a folder says it has no captions."""
+    prompts = cfg.data.get("prompts")
+    if uses_gan(cfg.loss) and prompts is not None and prompts.source != "mnist_captions" and has_captions(cfg.data) is False:
+        raise ConfigError(no_captions_message(cfg.data))
+
+
 def check_student(student: DictConfig) -> None:
     """One step with sigmas null (= [sigma_max]), or k steps on a fixed, decreasing, positive sigma list of length k."""
     k, sigmas = student.num_steps, student.sigmas
@@ -244,6 +254,17 @@ def check_eval(eval_cfg: DictConfig, kind: str) -> None:
         _require(spec.num_steps >= 1, f"eval.teacher_samplers num_steps={spec.num_steps}; it must be >= 1")
 
 
+def check_domain_labels(data: DictConfig, eval_cfg: DictConfig) -> None:
+    """The domain classifier trains on class labels: an image folder without class subfolders has none."""
+    from eval.features import UNLABELLED
+
+    if eval_cfg.feature_extractor != "domain" or eval_cfg.get("classifier_path") or data.source != "folder" or OmegaConf.is_missing(data, "path"):
+        return
+    folder = Path(str(data.path))
+    if folder.is_dir() and not any(p.is_dir() for p in folder.iterdir()):
+        raise ConfigError(f"data.path={folder}: {UNLABELLED}")
+
+
 def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
     """Every check of a distillation config; returns the task (toy mixture or image data)."""
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
@@ -265,9 +286,12 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
         cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
     check_sigma_ranges(cfg, teacher_sigma_range(cfg))
     check_loss(cfg.loss)
+    check_gan_real_side(cfg)
     check_train(cfg.train, cfg.student)
     check_step_sigma(cfg.loss, cfg.student)
     check_optim(cfg.optim)
     check_lora(cfg.get("lora"))
     check_eval(cfg.eval, kind)
+    if kind == "image":
+        check_domain_labels(cfg.data, cfg.eval)
     return task

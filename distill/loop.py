@@ -17,7 +17,7 @@ from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoi
 from distill.config import validate
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.fake_score import build_step_embedding
-from distill.gan import Critic, build_head
+from distill.gan import Critic, build_head, uses_gan
 from distill.generator import StudentGenerator, trainable_copy
 from distill.lora import add_lora
 from distill.noise import sample_dmd_sigma
@@ -69,10 +69,6 @@ def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimize
     parameters) instead of its default (a per-parameter loop on the CPU, foreach on CUDA)."""
     fused = True if optim.get("fused", False) else None
     return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, fused=fused)
-
-
-def uses_gan(loss: DictConfig) -> bool:
-    return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
 
 
 def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0, fake_steps: int = 1,
@@ -176,6 +172,7 @@ class StepContext:
     critic: torch.nn.Module  # the same Critic unwrapped, for the student's GAN loss (no DDP hooks)
     real: object
     real_data: tuple[torch.Tensor, ...] | None  # images[, condition rows] for the GAN's real side
+    real_conditions: Conditions | None  # the table those rows index (the run's, or the real images' own captions)
     student_optimizer: torch.optim.Optimizer
     fake_optimizer: torch.optim.Optimizer
     pairs: tuple[torch.Tensor, ...] | None
@@ -246,7 +243,7 @@ def distill_step(ctx: StepContext, guard: NonFiniteGuard, counters: Counters) ->
             sigma = ctx.sample_sigma(n, steps, "fake_sigma")
             cond = cond if reuse else ctx.draw_cond(n)  # after sigma: a one-step run's random stream as before
             real_batch = random_batch(ctx.real_data, n, ctx.accelerator.device)  # before the GAN sigma: the random stream as before
-            real_batch = with_conds(real_batch, ctx.conditions)
+            real_batch = with_conds(real_batch, ctx.real_conditions)
             batch = Batch(z, cond, steps, ctx.gan_mask(steps), ctx.sample_gan_sigma(2 * n))
             logs |= fake_step(ctx.networks, ctx.fake_optimizer, batch, sigma, ctx.fake_loss, real_batch, x)
             guard.record("fake_score", logs["skipped/fake_score"] > 0, step)
@@ -320,7 +317,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps,
                         lora=cfg.get("lora"), gradient_checkpointing=cfg.train.get("gradient_checkpointing", False))  # fails early
     pairs = setup_pairs(cfg, real, run_dir, accelerator, conditions)  # ODE pairs of the real score the student matches (guided, or exact)
-    real_data = task.real_data(cfg, teacher, device, conditions) if uses_gan(cfg.loss) else None
+    real_data, real_conditions = task.real_data(cfg, teacher, device, conditions) if uses_gan(cfg.loss) else (None, None)
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
     if counters.step == 0 and cfg.train.get("init_from"):  # a new stage (DMD2's GAN stage) from an earlier run's networks
@@ -332,7 +329,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         state.ema.to(device)
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
     ctx = StepContext(
-        accelerator=accelerator, generator=generator, student=plain_generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data,
+        accelerator=accelerator, generator=generator, student=plain_generator, fake_score=fake_ddp, critic=critic, real=real, real_data=real_data, real_conditions=real_conditions,
         student_optimizer=opt_g,
         fake_optimizer=opt_f, pairs=pairs, sigma_data=teacher.sigma_data, shape=tuple(teacher.shape),
         conditions=conditions, loss=cfg.loss, train=cfg.train,

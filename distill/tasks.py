@@ -11,8 +11,8 @@ from torchvision.utils import make_grid, save_image
 
 from eval.run import evaluate_models
 from eval.plots import scatter_panels
-from teachers.conditions import conditions_for
-from teachers.data import check_fits, load_images
+from teachers.conditions import Conditions, conditions_for, text_conditions
+from teachers.data import check_fits, has_captions, load_captioned_images, load_images
 from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, GMMDenoiser
 import teachers
@@ -49,6 +49,14 @@ def setup_teacher(cfg: DictConfig, run_dir: Path, accelerator: Accelerator, trai
     return teachers.load(path, dtype=cfg.teacher.get("dtype"), family=cfg.teacher.get("family")).to(accelerator.device)
 
 
+def no_captions_message(data_cfg) -> str:
+    """Why a text teacher's GAN has no real side here, and the ways to give it one."""
+    return (f"the GAN's real side of a text-to-image teacher needs captioned images, and data={data_cfg.name} has none: put a "
+            f"metadata.jsonl beside the images of data.path (one {{\"file_name\": ..., \"text\": caption}} a line, datasets' "
+            "imagefolder format), give a hub dataset with data.caption_key, or use data=mnist_sd; or set "
+            "loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0")
+
+
 class ToyTask:
     """Gaussian-mixture data: the MLP teacher (or the exact denoiser), scatter sheets, toy metrics."""
 
@@ -75,10 +83,10 @@ class ToyTask:
     def conditions(self, cfg, teacher, part: str):
         return None
 
-    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor]:
-        """(samples,) of the mixture for the GAN's real side (REAL_TOY_SAMPLES, fixed seed)."""
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[tuple[torch.Tensor], None]:
+        """(samples,) of the mixture for the GAN's real side (REAL_TOY_SAMPLES, fixed seed); no condition table."""
         x = self.mixture.sample(REAL_TOY_SAMPLES, generator=torch.Generator().manual_seed(cfg.seed))
-        return (x.to(device),)
+        return (x.to(device),), None
 
 
 class ImageTask:
@@ -110,11 +118,11 @@ class ImageTask:
         """The condition table (class labels, or a prompt set's embeddings) the run draws conds from; None: unconditional."""
         return conditions_for(teacher, self.data_cfg, part, cfg.eval.cache_dir)
 
-    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
-        """(images[, labels]) of the training split for the GAN's real side; labels (rows of the class table) for
-        class-conditional teachers."""
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[tuple[torch.Tensor, ...], Conditions | None]:
+        """((images[, labels]), the table the labels index) of the training split for the GAN's real side: labels,
+        rows of the run's class table, for class-conditional teachers."""
         images, labels = load_images(self.data_cfg, "train")
-        return (images.to(device), labels.to(device)) if teacher.num_classes else (images.to(device),)
+        return ((images.to(device), labels.to(device)), conditions) if teacher.num_classes else ((images.to(device),), None)
 
 
 class LatentTask(ImageTask):
@@ -139,25 +147,32 @@ class LatentTask(ImageTask):
         save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
         log_image(accelerator, path, step)
 
-    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[torch.Tensor, ...]:
-        """(latents[, rows]) for the GAN's real side: the training images through the VAE (padded as the teacher's VAE
-        was trained, data.pad), each with its row of the condition table: its class label, or for a text teacher a
-        prompt that names its class (rows, not embeddings: the loop looks up a batch's conds, so the table stays in CPU
-        memory); conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
+    def real_data(self, cfg, teacher, device, conditions=None) -> tuple[tuple[torch.Tensor, ...], Conditions | None]:
+        """((latents[, rows]), the table the rows index) for the GAN's real side: the training images through the VAE
+        (padded as the teacher's VAE was trained, data.pad), each with its condition row: its class label in the run's
+        class table (DiT); for a text teacher, its own caption in a table of the images' captions (a folder's
+        metadata.jsonl, a hub dataset's data.caption_key), else a prompt of the run's prompt set that names its class
+        (data=mnist_sd). Rows, not embeddings: the loop looks up a batch's conds, so the tables stay in CPU memory.
+        conditions: the run's condition table (self.conditions(cfg, teacher, "train"), made once)."""
         text = conditions is not None and conditions.prompts is not None
-        if text and (conditions.classes is None or not bool((conditions.classes >= 0).any())):
-            raise ConfigError("the GAN's real side needs captioned images; this prompt set names no classes of data "
-                              f"{self.data_cfg.name} (set loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0)")
-        images, labels = load_images(self.data_cfg, "train")
+        classes_named = text and conditions.classes is not None and bool((conditions.classes >= 0).any())
+        if text and not classes_named and has_captions(self.data_cfg) is False:
+            raise ConfigError(no_captions_message(self.data_cfg))
+        images, labels, captions = load_captioned_images(self.data_cfg, "train")
         latents = self.latents(teacher, images, device, cfg.seed)
         if not text:  # unconditional or class-conditional (DiT)
-            return (latents, labels.to(device)) if conditions is not None else (latents,)
+            return ((latents, labels.to(device)), conditions) if conditions is not None else ((latents,), None)
+        if captions is not None:
+            table = text_conditions(teacher, captions, None, cfg.eval.cache_dir)
+            return (latents, torch.arange(len(latents), device=device)), table
+        if not classes_named:
+            raise ConfigError(no_captions_message(self.data_cfg))
         gen, classes = torch.Generator().manual_seed(cfg.seed), conditions.classes.cpu()
         rows = [(classes == int(y)).nonzero().flatten() for y in labels]
         if any(len(r) == 0 for r in rows):
             raise ConfigError(f"data.prompts names no prompt for some classes of data {self.data_cfg.name}")
         picked = torch.stack([r[torch.randint(len(r), (1,), generator=gen)][0] for r in rows])
-        return latents, picked.to(device)
+        return (latents, picked.to(device)), conditions
 
     def latents(self, teacher, images: torch.Tensor, device, seed: int) -> torch.Tensor:
         """Training images (padded by data.pad as the teacher's VAE was trained) through the VAE's encoder."""

@@ -90,12 +90,19 @@ def train_classifier(images, labels, *, steps: int, batch_size: int, lr: float, 
     return model.eval().requires_grad_(False)
 
 
+UNLABELLED = ("eval.feature_extractor=domain trains a classifier on the data's class labels, and these images are "
+              "unlabelled (a folder names classes by its subfolders); use eval.feature_extractor=inception, or give a "
+              "trained classifier as eval.classifier_path")
+
+
 def load_or_train_classifier(path: Path, load_split, fit: dict, seed: int, key: dict | None = None) -> tuple[DomainClassifier, float]:
     """The classifier in path, or one trained on load_split("train") and saved there; and its test accuracy. With a
     key (the data it is trained and tested on), a folder made for another key is refused."""
     path = Path(path)
     if not (path / ACCURACY_FILE).is_file():
         train, test = load_split("train"), load_split("test")  # only read when there is something to train
+        if bool((train[1] < 0).any()):
+            raise ConfigError(UNLABELLED)
         model = train_classifier(*train, seed=seed, **fit)
         acc = accuracy(model, *test)
 

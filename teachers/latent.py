@@ -244,12 +244,13 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
                                  "(guidance_scale=1: the guidance is distilled in; `timesteps=` where the snippet passes them)")
 
     def save_lora_weights(self, folder, lora) -> bool:
-        """pytorch_lora_weights.safetensors (the adapter's config as metadata) for StableDiffusionPipeline.load_lora_weights."""
-        from diffusers import StableDiffusionPipeline
+        """pytorch_lora_weights.safetensors (the adapter's config as metadata) for the family pipeline's
+        load_lora_weights (StableDiffusionPipeline's, StableDiffusionXLPipeline's)."""
+        import diffusers
 
         weights, config = lora
-        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=weights, unet_lora_adapter_metadata=config,
-                                                  weight_name=LORA_FILE, safe_serialization=True)
+        getattr(diffusers, self.PIPELINE).save_lora_weights(str(folder), unet_lora_layers=weights, unet_lora_adapter_metadata=config,
+                                                            weight_name=LORA_FILE, safe_serialization=True)
         return True
 
     @classmethod

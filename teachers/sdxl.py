@@ -114,17 +114,6 @@ class SDXLDenoiser(LatentDenoiser):
                                          scheduler=scheduler or self.scheduler, add_watermarker=False,
                                          force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt)
 
-    def save_lora_weights(self, folder, lora) -> bool:
-        """pytorch_lora_weights.safetensors for StableDiffusionXLPipeline.load_lora_weights."""
-        from diffusers import StableDiffusionXLPipeline
-
-        from teachers.latent import LORA_FILE
-
-        weights, config = lora
-        StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=weights, unet_lora_adapter_metadata=config,
-                                                    weight_name=LORA_FILE, safe_serialization=True)
-        return True
-
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> SDXLDenoiser:
         """From a local SDXL pipeline folder; dtype for the frozen parts and a teacher's UNet. The VAE stays float32

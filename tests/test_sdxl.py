@@ -129,36 +129,84 @@ def sdxl_recipe(name, teacher, run_dir, *extra):
                                     f"run_dir={run_dir}", *extra])
 
 
+def captioned(folder, prompts):
+    """data=prompts on the captioned digits (grey, padded to the VAE's 32 px as the miniature's data)."""
+    return [f"data.prompts.path={prompts}", f"data.path={folder}", "data.mode=L", "+data.pad=2", "data.test_fraction=0.5"]
+
+
 @pytest.mark.parametrize("name, steps", [("sdxl_dmd2", 1), ("sdxl_dmd2_4step", 4)])
-def test_the_sdxl_presets_validate_with_their_papers_settings(name, steps, tiny_sdxl_folder, tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a handwritten seven\nthe digit 3\n", encoding="utf-8")
-    cfg = sdxl_recipe(name, tiny_sdxl_folder, tmp_path / "run", f"data.prompts.path={prompts}", f"data.path={tmp_path}")
+def test_the_sdxl_presets_validate_with_their_papers_settings(name, steps, tiny_sdxl_folder, captioned_digits, tmp_path):
+    cfg = sdxl_recipe(name, tiny_sdxl_folder, tmp_path / "run", *captioned(*captioned_digits))
     assert isinstance(validate(cfg), LatentTask) and cfg.teacher.family == "sdxl"
     assert cfg.student.num_steps == steps and cfg.loss.guidance_scale == 8.0 and cfg.optim.student_lr == 5e-7
     assert cfg.train.num_fake_steps_per_student_step == 5 and cfg.loss.gan_generator_weight > 0 and cfg.train.gradient_checkpointing
 
 
-def test_the_four_step_lora_preset_runs_and_exports_lora_weights(tiny_sdxl_folder, tmp_path):
-    """The 4-step recipe's LoRA variant for two steps (GAN and gradient checkpointing on, as on a GPU)."""
-    cfg = sdxl_recipe("sdxl_dmd2_4step", tiny_sdxl_folder, tmp_path / "run", "data=mnist_sd", "debug=cpu_tiny_sd", "lora.rank=4",
-                      f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null", "eval.num_samples=32",
+def test_a_gan_recipe_on_uncaptioned_images_is_refused_at_validation(tiny_sdxl_folder, captioned_digits, tmp_path):
+    folder, prompts = captioned_digits
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for png in list(folder.glob("*.png"))[:4]:
+        (bare / png.name).write_bytes(png.read_bytes())
+    cfg = sdxl_recipe("sdxl_dmd2", tiny_sdxl_folder, tmp_path / "run", *captioned(bare, prompts))
+    with pytest.raises(ConfigError, match="the GAN's real side of a text-to-image teacher needs captioned images.*metadata.jsonl"):
+        validate(cfg)
+
+
+def test_the_four_step_lora_preset_runs_on_captioned_images_and_exports_lora_weights(tiny_sdxl_folder, captioned_digits, tmp_path):
+    """The 4-step recipe's LoRA variant for two steps on the user's prompts and captioned images (GAN and gradient
+    checkpointing on, as on a GPU)."""
+    cfg = sdxl_recipe("sdxl_dmd2_4step", tiny_sdxl_folder, tmp_path / "run", *captioned(*captioned_digits), "debug=cpu_tiny_sd",
+                      "lora.rank=4", f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null", "eval.num_samples=32",
                       "eval.quality_figures=false", "eval.cross_check=false", "eval.center_crop=28", "eval.feature_extractor=domain",
-                      "eval.teacher_samplers=[{name: euler, num_steps: 1}]")
+                      "eval.classifier_path=zoo:mnist_classifier", "eval.teacher_samplers=[{name: euler, num_steps: 1}]")
     metrics = run(cfg)
     assert set(metrics) == {"teacher_euler_nfe1", "student_nfe4"}
     student = tmp_path / "run" / "student"
     assert (student / LORA_FILE).is_file() and json.loads((student / "student.json").read_text())["family"] == "sdxl"
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert any("loss/gan_generator" in entry for entry in log)
+    assert any("loss/gan_generator" in entry for entry in log)  # the real side: each image with its own caption
     assert teachers.load(student, key="student").family == "sdxl"
 
 
-def test_an_sdxl_folder_without_its_second_encoder_is_named(tiny_sdxl_folder, tmp_path):
+def test_an_sdxl_folder_without_its_second_encoder_is_one_error_line_and_nothing_is_written(tiny_sdxl_folder, tmp_path):
     import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
 
     broken = tmp_path / "sdxl"
     shutil.copytree(tiny_sdxl_folder, broken)
     shutil.rmtree(broken / "text_encoder_2")
-    with pytest.raises(ConfigError, match="missing the pipeline component\\(s\\) text_encoder_2; a Stable Diffusion XL folder"):
-        validate(sdxl_recipe("sdxl_dmd2", broken, tmp_path / "run", "data=mnist_sd"))
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "distill", "experiment=sdxl_dmd2", "data=mnist_sd", f"teacher.path={broken}",
+                           f"hydra.run.dir={run_dir}"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: ") and "missing the pipeline component(s) text_encoder_2; a Stable Diffusion XL folder" in lines[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "student").exists()
+
+
+def test_captions_stay_with_their_images_through_the_split(captioned_digits):
+    import numpy as np
+    from PIL import Image
+
+    from teachers.data import load_captioned_images
+
+    folder, _ = captioned_digits
+    cfg = OmegaConf.create({"source": "folder", "path": str(folder), "mode": "L", "caption_key": "text", "test_fraction": 0.5, "split_seed": 0})
+    images, _, captions = load_captioned_images(cfg, "train")
+    truth = {}
+    for line in (folder / "metadata.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        truth[np.asarray(Image.open(folder / entry["file_name"])).tobytes()] = entry["text"]
+    pixels = ((images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert len(captions) == len(images) == 48 and len(set(captions)) > 1
+    assert [truth[p.tobytes()] for p in pixels] == captions
+
+
+def test_a_domain_fid_on_unlabelled_images_is_refused_at_validation(tiny_sd_folder, captioned_digits, tmp_path):
+    cfg = compose_config("train", ["experiment=mnist_sd", "data=prompts", f"teacher.path={tiny_sd_folder}", f"run_dir={tmp_path}",
+                                   *captioned(*captioned_digits)])
+    with pytest.raises(ConfigError, match="eval.feature_extractor=domain trains a classifier on the data's class labels"):
+        validate(cfg)
