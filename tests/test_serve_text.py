@@ -43,7 +43,8 @@ def test_a_prompt_gives_a_decoded_image_the_same_alone_or_batched(text_source):
 def test_http_takes_prompts_and_refuses_labels_and_fields_outside_the_schema(text_source):
     source, student = text_source
     with TestClient(create_app(source, student, ServeSettings(warmup=False))) as client:
-        assert client.get("/health").json()["text_to_image"] is True
+        health = client.get("/health").json()
+        assert health["text_to_image"] is True and health["default_prompt"] == "a seven"  # the page's first prompt
         reply = client.post("/generate", json={"seed": 1, "prompt": "a handwritten seven", "num_images": 4})
         assert reply.status_code == 200 and np.asarray(Image.open(io.BytesIO(reply.content))).shape == (64, 64)
         assert client.post("/generate", json={"seed": 1}).status_code == 200  # no prompt: the empty one

@@ -102,6 +102,7 @@ class Preview:
             "status": "ok", "student": self.source.spec, "kind": self.source.kind, "version": model.student.version,
             "device": str(model.device), "nfe": model.nfe, "shape": list(model.shape), "num_classes": model.num_classes,
             "text_to_image": model.text_to_image, "queue_depth": self.batcher.depth, "batches": self.batcher.batches,
+            "default_prompt": (model.student.prompts[:1] or ("",))[0] if model.text_to_image else None,
             "max_images": self.settings.limits.max_images, "max_batch": self.settings.max_batch,
         }
 

@@ -25,6 +25,7 @@ class LoadedStudent:
     denoiser: torch.nn.Module
     sigmas: list[float]
     version: str
+    prompts: tuple[str, ...] = ()  # a text student's evaluation prompts (student.json): the page's first prompt
 
 
 class StudentSource:
@@ -63,7 +64,8 @@ class StudentSource:
         if self.kind == "folder":
             record = read_student_record(self.path)
             denoiser = teachers.load(self.path, key="STUDENT", family=record.get("family"))
-            return LoadedStudent(denoiser, record.get("sigmas") or [float(denoiser.sigma_max)], f"folder {self.path.name}")
+            return LoadedStudent(denoiser, record.get("sigmas") or [float(denoiser.sigma_max)], f"folder {self.path.name}",
+                                 tuple(record.get("prompts") or ()))
         checkpoint = checkpoint or (self.path if self.kind == "checkpoint" else self.newest())
         if checkpoint is None:
             raise ConfigError(f"STUDENT {self.spec}: no checkpoint that verifies")
@@ -73,7 +75,7 @@ class StudentSource:
         except CorruptCheckpoint:
             self.bad.add(str(checkpoint))
             raise
-        return LoadedStudent(denoiser, record["sigmas"], checkpoint.name)
+        return LoadedStudent(denoiser, record["sigmas"], checkpoint.name, tuple(record.get("prompts") or ()))
 
     def load_first(self) -> LoadedStudent:
         """The student at start: a run's newest checkpoint that verifies, corrupt ones skipped with a warning."""
