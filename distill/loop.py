@@ -27,6 +27,7 @@ from distill.tasks import PLOT_SAMPLES
 from distill.guard import EXIT_SIGTERM, NonFiniteGuard, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
 from distill.state import Counters, TrainState, save_training_state
+from distill.summary import summary_lines
 from distill.steps import Batch, FakeLoss, Networks, StudentLoss, fake_step, scalars, student_step
 from teachers.conditions import Conditions
 from teachers.errors import ConfigError, TrainingStopped
@@ -381,4 +382,6 @@ def run(cfg: DictConfig) -> dict:
     # Export the student and evaluate it beside the teacher's full sampler.
     metrics = export_and_evaluate(cfg, task, state, p.real, run_dir, accelerator.device) if main else {}
     accelerator.end_training()
+    if main:
+        print("\n".join(summary_lines(metrics, run_dir)), flush=True)
     return metrics

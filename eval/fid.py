@@ -43,12 +43,26 @@ def class_mix_weights(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.asarray(target, dtype=np.float64)[labels] / counts[labels]
 
 
+def frechet(mu_a, sigma_a, mu_b, sigma_b) -> float:
+    """clean-fid's Frechet distance, without the warnings it raises on its own handled paths: scipy's deprecation of
+    the `disp` argument clean-fid 0.1.35 passes, and the singular-product warning on low-dimensional (128-D classifier)
+    features, after which clean-fid itself adds eps to the diagonal and retries."""
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `disp` argument is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
+        return float(frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+
+
 def fid(a: Stats, b: Stats) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017), through clean-fid; exactly 0 for
     identical statistics (sqrtm of a set with itself leaves ~1e-11)."""
     if np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma):
         return 0.0
-    return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    return frechet(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def save_stats(stats: Stats, path: Path, key: dict | None = None) -> Path:

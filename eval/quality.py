@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ def kid_torchmetrics(extractor: torch.nn.Module, images_real: torch.Tensor, imag
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(images_real), len(images_fake))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # torchmetrics warns that KID keeps every feature in a buffer: these are evaluation-sized sets, by design.
+        warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
         torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
         metric = KernelInceptionDistance(feature=copy.deepcopy(extractor).cpu(), subsets=subsets, subset_size=size,
                                          normalize=True, sync_on_compute=False).to(images_real.device)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from cleanfid.fid import frechet_distance
 from scipy.stats import chi2
 
+from eval.fid import frechet
 from teachers.gmm import GaussianMixture
 
 
@@ -17,7 +17,7 @@ def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fd(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between Gaussian fits of two sample sets (the FID formula, in data space)."""
-    return float(frechet_distance(*gaussian_stats(x), *gaussian_stats(y)))
+    return frechet(*gaussian_stats(x), *gaussian_stats(y))
 
 
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:

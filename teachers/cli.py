@@ -10,17 +10,36 @@ from omegaconf import DictConfig
 
 from teachers.errors import ConfigError, TrainingStopped
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The hydra configs ship inside the `distill` package (package data), so an installed wheel finds them from any
+# directory; the repository's top-level `configs` is a link to them.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "distill" / "configs"
+
+
+def user_config_dirs(argv: list[str]) -> list[Path]:
+    """The user's own config directories on the command line: `--config-dir DIR` (`-cd`) and
+    `hydra.searchpath=[file://DIR, ...]` (where their presets live beside the shipped ones)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(arg.partition("=")[2])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            entries = arg.partition("=")[2].strip("[]").split(",")
+            dirs += [e.strip().strip("'\"").removeprefix("file://") for e in entries if e.strip().strip("'\"").startswith("file://")]
+    return [Path(d) for d in dirs]
 
 
 def check_presets(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Refuse `group=name` overrides whose config file does not exist, naming what is allowed."""
+    """Refuse `group=name` overrides whose config file does not exist (in the shipped configs or a config directory of
+    the user's on the command line), naming what is allowed."""
+    roots = [config_dir, *user_config_dirs(argv)]
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
-        group_dir = config_dir / key
-        if not sep or arg.startswith("hydra") or not group_dir.is_dir():
+        group_dirs = [root / key for root in roots if key and (root / key).is_dir()]
+        if not sep or arg.startswith(("hydra", "-")) or not group_dirs:
             continue
-        allowed = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        allowed = sorted({p.stem for group_dir in group_dirs for p in group_dir.glob("*.yaml")})
         for name in value.split(","):
             if name not in allowed and name != "null":
                 raise ConfigError(f"unknown {key} preset '{name}'; allowed: {', '.join(allowed)}")

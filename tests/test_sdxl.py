@@ -169,20 +169,21 @@ def test_the_four_step_lora_preset_runs_on_captioned_images_and_exports_lora_wei
     assert teachers.load(student, key="student").family == "sdxl"
 
 
-def test_an_sdxl_folder_without_its_second_encoder_is_one_error_line_and_nothing_is_written(tiny_sdxl_folder, tmp_path):
+def test_an_sdxl_folder_without_its_second_encoder_is_one_error_line_and_nothing_is_written(tiny_sdxl_folder, tmp_path,
+                                                                                           monkeypatch, capsys):
     import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from conftest import run_cli
+    from distill.__main__ import main
 
     broken = tmp_path / "sdxl"
     shutil.copytree(tiny_sdxl_folder, broken)
     shutil.rmtree(broken / "text_encoder_2")
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "distill", "experiment=sdxl_dmd2", "data=mnist_sd", f"teacher.path={broken}",
-                           f"hydra.run.dir={run_dir}"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    code = run_cli(main, ["experiment=sdxl_dmd2", "data=mnist_sd", f"teacher.path={broken}", f"hydra.run.dir={run_dir}"], monkeypatch)
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("error: ") and "missing the pipeline component(s) text_encoder_2; a Stable Diffusion XL folder" in lines[0]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "student").exists()
 

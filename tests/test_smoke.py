@@ -62,15 +62,18 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_teacher_train_then_eval_cli(tmp_path):
+def test_teacher_train_then_eval_cli(tmp_path, monkeypatch):
+    """`python -m teachers.train` then `python -m eval`, their entry points run in this process."""
+    from conftest import run_cli
+    from eval.__main__ import main as eval_main
+    from teachers.train import main as teacher_main
+
     teacher_dir = tmp_path / "t"
-    done = _cli("-m", "teachers.train", "debug=cpu_tiny", f"hydra.run.dir={teacher_dir}", cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    assert run_cli(teacher_main, ["debug=cpu_tiny", f"hydra.run.dir={teacher_dir}"], monkeypatch) == 0
     assert (teacher_dir / "teacher" / "config.json").is_file()
     eval_dir = tmp_path / "e"
-    done = _cli("-m", "eval", f"teacher.path={teacher_dir / 'teacher'}", "eval.num_samples=128",
-                "eval.teacher_samplers=[{name:euler,num_steps:3}]", f"hydra.run.dir={eval_dir}", cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    assert run_cli(eval_main, [f"teacher.path={teacher_dir / 'teacher'}", "eval.num_samples=128",
+                               "eval.teacher_samplers=[{name:euler,num_steps:3}]", f"hydra.run.dir={eval_dir}"], monkeypatch) == 0
     assert set(json.loads((eval_dir / "metrics.json").read_text())) == {"data", "teacher_euler_nfe3"}
 
 
