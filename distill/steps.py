@@ -173,6 +173,14 @@ def student_step(
 
     Returns the logs and G(z, cond) as made before the update, detached (empty with neither DMD nor GAN): a fake-score
     update may train on them (train.reuse_student_samples)."""
+    # The critic is frozen for the whole step, its backward included: under gradient checkpointing its forward is
+    # recomputed in the backward, and must save the same tensors it saved with frozen weights.
+    with frozen(nets.critic) if loss.gan_weight > 0 else contextlib.nullcontext():
+        return _student_update(nets, optimizer, batch, sample_sigma, pairs, loss)
+
+
+def _student_update(nets: Networks, optimizer, batch: Batch, sample_sigma, pairs, loss: StudentLoss):
+    """student_step's losses and update (the critic, when there is one, already frozen)."""
     generator, real, fake_score, critic = nets.generator, nets.real, nets.fake_score, nets.critic
     z, cond, step, gan_sigma, gan_mask = batch.z, batch.cond, batch.step, batch.gan_sigma, batch.gan_mask
     dmd_weight, regression_weight, gan_weight = loss.dmd_weight, loss.regression_weight, loss.gan_weight
@@ -195,7 +203,7 @@ def student_step(
         x_gan, sigma_gan, cond_gan, step_gan = picked(gan_mask, x, gan_sigma, cond, step)
         logits = x_gan.new_zeros(0)
         if len(x_gan):  # gan_mask may pick none (no last-step sample drawn); diffusers' attention refuses an empty batch
-            with frozen(critic), nets.accelerator.autocast():  # the unwrapped critic: autocast as its prepared twin has
+            with nets.accelerator.autocast():  # the unwrapped critic: autocast as its prepared twin has
                 logits = critic.logits(x_gan + expand_sigma(sigma_gan, x_gan) * torch.randn_like(x_gan), sigma_gan, cond_gan, step_gan)
         loss_gan = batch_mean(generator_loss(logits))
         total = total + gan_weight * loss_gan
@@ -204,9 +212,6 @@ def student_step(
         loss_reg = regression_loss(x_ref, y_ref, loss.regression_distance, loss.pseudo_huber_c).mean()
         total = total + regression_weight * loss_reg
         logs["loss/regression"] = loss_reg.detach()
-    # The critic stays frozen through the backward too: under gradient checkpointing its forward is recomputed
-    # there, and must save the same tensors it saved with frozen weights.
-    with frozen(critic) if gan_weight > 0 else contextlib.nullcontext():
-        logs["grad_norm/student"], skipped = apply_update(nets.accelerator, total, generator, optimizer, loss.grad_clip)
+    logs["grad_norm/student"], skipped = apply_update(nets.accelerator, total, generator, optimizer, loss.grad_clip)
     logs["skipped/student"] = float(skipped)
     return logs, x.detach()

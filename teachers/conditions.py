@@ -51,11 +51,15 @@ class Conditions:
         """sha256 of the table's content (a structured table's fields by name): keys cached samples drawn from it."""
         if isinstance(self.table, torch.Tensor):
             return hashlib.sha256(self.table.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        key = hashlib.sha256()
-        for name, tensor in sorted(flat_tensors(self.table).items()):
-            key.update(name.encode())
-            key.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return key.hexdigest()
+        return hash_named_tensors(hashlib.sha256(), flat_tensors(self.table)).hexdigest()
+
+
+def hash_named_tensors(key, tensors: dict[str, torch.Tensor]):
+    """key (a hashlib object) updated with each tensor's name and float32 bytes, in name order; key itself."""
+    for name, tensor in sorted(tensors.items()):
+        key.update(name.encode())
+        key.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return key
 
 
 def flat_tensors(table) -> dict[str, torch.Tensor]:
@@ -138,11 +142,8 @@ def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cac
 
     from teachers.io import write_folder_atomic
 
-    key = hashlib.sha256()
     weights, vocabulary, max_tokens = denoiser.text_encoder_digest_parts()
-    for name, tensor in sorted(weights.items()):
-        key.update(name.encode())
-        key.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    key = hash_named_tensors(hashlib.sha256(), weights)
     key.update(json.dumps([vocabulary, max_tokens, prompts]).encode())
     labels = None if classes is None else torch.tensor([-1 if c is None else c for c in classes])
     folder = None if cache_dir is None else Path(cache_dir) / "text_embeddings" / key.hexdigest()[:24]

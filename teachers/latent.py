@@ -256,22 +256,36 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> LatentDenoiser:
         """From a local Stable Diffusion pipeline folder (teachers.load resolves hub ids); dtype (e.g. torch.bfloat16)
-        for the frozen VAE and text encoder, and the UNet of a teacher that never trains. The tokenizer and text
-        encoder are the classes model_index.json names (CLIPTokenizer, not AutoTokenizer's guess)."""
-        import transformers
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
+        for the frozen VAE and text encoder, and the UNet of a teacher that never trains."""
         folder = Path(folder)
         check_pipeline_folder(folder, key)
-        index = read_json(folder / "model_index.json", "pipeline index")
-        kw = {} if dtype is None else {"torch_dtype": dtype}
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
-        encoder_class = getattr(transformers, index.get("text_encoder", [None, "CLIPTextModel"])[1])
-        tokenizer_class = getattr(transformers, index.get("tokenizer", [None, "CLIPTokenizer"])[1])
-        text_encoder = encoder_class.from_pretrained(folder, subfolder="text_encoder", **({"dtype": dtype} if dtype else {}))
-        tokenizer = tokenizer_class.from_pretrained(folder, subfolder="tokenizer")
-        return cls(unet, load_scheduler(folder), vae, text_encoder.eval().requires_grad_(False), tokenizer, **read_extra(folder))
+        parts = load_pipeline_parts(folder, dtype, TEXT_PARTS)
+        return cls(parts["unet"], load_scheduler(folder), parts["vae"], parts["text_encoder"], parts["tokenizer"], **read_extra(folder))
+
+
+TEXT_PARTS = (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer"))  # (component, class when unnamed)
+
+
+def load_pipeline_parts(folder: Path, dtype: torch.dtype | None, text_parts, upcast_vae: bool = False) -> dict:
+    """A Stable Diffusion-family folder's UNet, frozen VAE, and tokenizers and frozen text encoders of the classes
+    model_index.json names (CLIPTokenizer, not AutoTokenizer's guess), in dtype; and `index`, model_index.json itself.
+    upcast_vae: the VAE stays float32 where dtype is float16 and its config says force_upcast (SDXL's overflows)."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    index = read_json(folder / "model_index.json", "pipeline index")
+    kw = {} if dtype is None else {"torch_dtype": dtype}
+    parts = {"index": index, "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)}
+    if upcast_vae and dtype == torch.float16 and read_json(folder / "vae" / "config.json", "VAE config").get("force_upcast", True):
+        kw = {"torch_dtype": torch.float32}
+    parts["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
+    for name, default in text_parts:
+        kind = getattr(transformers, index.get(name, [None, default])[1])
+        if name.startswith("text_encoder"):
+            parts[name] = kind.from_pretrained(folder, subfolder=name, **({"dtype": dtype} if dtype else {})).eval().requires_grad_(False)
+        else:
+            parts[name] = kind.from_pretrained(folder, subfolder=name)
+    return parts
 
 
 def load_scheduler(folder):

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.families import read_json
-from teachers.latent import COMPONENTS, LatentDenoiser, check_pipeline_folder, load_scheduler, torch_dtype
+from teachers.latent import (COMPONENTS, TEXT_PARTS, LatentDenoiser, check_pipeline_folder, load_pipeline_parts, load_scheduler,
+                             torch_dtype)
 from teachers.vp import read_extra
 
 SDXL_COMPONENTS = COMPONENTS + ("tokenizer_2", "text_encoder_2")
+SDXL_TEXT_PARTS = TEXT_PARTS + (("text_encoder_2", "CLIPTextModelWithProjection"), ("tokenizer_2", "CLIPTokenizer"))
 TIME_EMBEDDING = "text_time"  # the UNet's addition_embed_type: pooled text embedding + size/crop time ids
 
 SDXL_SNIPPET = '''import torch
@@ -118,27 +119,11 @@ class SDXLDenoiser(LatentDenoiser):
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> SDXLDenoiser:
         """From a local SDXL pipeline folder; dtype for the frozen parts and a teacher's UNet. The VAE stays float32
         where its config says force_upcast and dtype is float16 (SDXL's VAE overflows in float16)."""
-        import transformers
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
         folder = Path(folder)
         check_folder(folder, key)
-        index = read_json(folder / "model_index.json", "pipeline index")
-        kw = {} if dtype is None else {"torch_dtype": dtype}
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
-        vae_config = read_json(folder / "vae" / "config.json", "VAE config")
-        vae_kw = {"torch_dtype": torch.float32} if dtype == torch.float16 and vae_config.get("force_upcast", True) else kw
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **vae_kw).eval().requires_grad_(False)
-        parts = {}
-        for name, default in (("text_encoder", "CLIPTextModel"), ("text_encoder_2", "CLIPTextModelWithProjection"),
-                              ("tokenizer", "CLIPTokenizer"), ("tokenizer_2", "CLIPTokenizer")):
-            kind = getattr(transformers, index.get(name, [None, default])[1])
-            extra = {"dtype": dtype} if dtype is not None and name.startswith("text_encoder") else {}
-            parts[name] = kind.from_pretrained(folder, subfolder=name, **extra)
-            if name.startswith("text_encoder"):
-                parts[name] = parts[name].eval().requires_grad_(False)
-        return cls(unet, load_scheduler(folder), vae, parts["text_encoder"], parts["tokenizer"], parts["text_encoder_2"],
-                   parts["tokenizer_2"], force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+        parts = load_pipeline_parts(folder, dtype, SDXL_TEXT_PARTS, upcast_vae=True)
+        return cls(parts["unet"], load_scheduler(folder), parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["text_encoder_2"],
+                   parts["tokenizer_2"], force_zeros_for_empty_prompt=parts["index"].get("force_zeros_for_empty_prompt", True),
                    **read_extra(folder))
 
 

@@ -42,7 +42,7 @@ def test_conds_are_the_stock_pipelines_and_the_null_is_zeros(sdxl):
     null = sdxl.null_condition(cond)
     torch.testing.assert_close(null["prompt_embeds"], negative)  # force_zeros_for_empty_prompt: zeros
     torch.testing.assert_close(null["pooled"], negative_pooled)
-    assert not torch.equal(cond["pooled"][0], cond["pooled"][1])  # the prompt matters, so the checks above can fail
+    assert not torch.allclose(cond["pooled"][0], cond["pooled"][1], atol=1e-3)  # the prompt matters, so the checks above can fail
 
 
 def test_without_force_zeros_the_null_is_the_empty_prompts_conds():
@@ -59,7 +59,7 @@ def test_a_structured_cond_table_rows_cat_and_cache_as_one_tensor(sdxl, tmp_path
     first = text_conditions(sdxl, PROMPTS * 3, None, tmp_path)
     again = text_conditions(sdxl, PROMPTS * 3, None, tmp_path)  # read back from cache_dir/text_embeddings
     assert list((tmp_path / "text_embeddings").glob("*/embeddings.safetensors"))
-    assert first.digest() == again.digest()
+    assert first.digest() == again.digest()  # the same stored float32 values read back: a replay, no arithmetic
     rows = again.rows(torch.tensor([1, 0, 1]))
     torch.testing.assert_close(rows["pooled"], first.table["pooled"][[1, 0, 1]])
     both = torch.cat([rows, sdxl.null_condition(rows)])
