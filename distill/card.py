@@ -122,19 +122,23 @@ def model_card(denoiser, record: dict, config: dict | None, metrics: dict, licen
     classes = denoiser.num_classes
     tag, how = denoiser.card_facts()
     how = how if exact or scheduler is None else NOT_EXACT
-    front = {"library_name": "diffusers", "pipeline_tag": tag, "base_model": teacher, "license": license_id,
+    front = {"pipeline_tag": tag, "base_model": teacher, "license": license_id,
              "tags": ["diffusion-distillation", "dmd", "onestep-distill", f"{k}-step"]}
+    if scheduler is not None:  # a diffusers pipeline folder
+        front = {"library_name": "diffusers"} | front
+    table = f" (timesteps {[round(t, 3) for t in timesteps]} of the teacher's table)" if timesteps else ""
+    step_note = ([f"The step count ({k}) must be the student's own: the scheduler holds its timesteps, and a larger count "
+                  "raises an error instead of running a 1000-step loop.", ""] if scheduler is not None else [])
     lines = ["---", *OmegaConf.to_yaml(OmegaConf.create(front)).strip().splitlines(), "---", "",
              f"# A {k}-step student of `{teacher}`", "",
              f"Distilled with Distribution Matching Distillation (DMD/DMD2) by onestep-distill from {source}. It makes an image in "
              f"{k} network evaluation{'s' if k > 1 else ''} at the noise levels sigma = {[round(s, 4) for s in sigmas]} "
-             f"(timesteps {[round(t, 3) for t in timesteps]} of the teacher's table){f', class-conditional (classes 0..{classes - 1})' if classes else ''}; "
+             f"{table}{f', class-conditional (classes 0..{classes - 1})' if classes else ''}; "
              f"{how}.", "", f"![teacher (top, Heun, 35 evaluations) and this student (bottom), same seeds]({GRID_FILE})", "",
              "## Usage", "", "Run in this folder (or replace `\".\"` with its hub id). It makes the same images as the toolkit's own sampler for the same seed"
              + (" and classes" if classes else "") + " (tested to 1e-3 on [0, 1] pixels).", "",
-             f"```python\n{usage_snippet(denoiser, sigmas, exact, record.get('prompts'))}```", "",
-             f"The step count ({k}) must be the student's own: the scheduler holds its timesteps, and a larger count raises an error instead of running a 1000-step loop.",
-             "", "## Evaluation", "", metrics_table(metrics), "## Training", "",
+             f"```python\n{usage_snippet(denoiser, sigmas, exact, record.get('prompts'))}```", "", *step_note,
+             "## Evaluation", "", metrics_table(metrics), "## Training", "",
              f"Real score's guidance scale {record.get('guidance_scale', 1.0)}; the resolved training config is `{CONFIG_FILE}`"
              + (" (below)." if config else " (not recorded)."), ""]
     if config:

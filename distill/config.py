@@ -63,23 +63,27 @@ def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> Family:
     return family
 
 
-IMAGE_TEACHERS = ("unet", "sd", "dit")
+IMAGE_TEACHERS = ("unet", "sd", "dit", "edm")
+GIVEN_TEACHERS = {  # image teacher groups that are never trained in the run: what teacher.path must be
+    "dit": "a DiTPipeline folder or a hub id such as facebook/DiT-XL-2-256",
+    "edm": "a folder made by `distill-convert PICKLE OUT_DIR` from an NVlabs EDM pickle (experiments/edm/README.md)",
+}
 
 
 def check_image_teacher(teacher: DictConfig, data: DictConfig) -> Family:
-    """A UNet teacher (class labels or none), a Stable Diffusion-family teacher (prompts) or a DiT (class labels) for
-    image data: a zoo name, a pipeline folder or a hub id, whose family (read from its model_index.json, no weights)
-    fits the teacher group."""
+    """A UNet teacher (class labels or none), a Stable Diffusion-family teacher (prompts), a DiT or an EDM network
+    (class labels or none) for image data: a zoo name, a folder or a hub id, whose family (read from its
+    model_index.json or config.json, no weights) fits the teacher group."""
     kind = teacher.get("kind", "mlp")
-    _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet, teacher=sd or teacher=dit")
+    _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet, teacher=sd, teacher=dit or teacher=edm")
     if kind == "sd":
         check_sd_config(teacher, data)  # the SD adapter checks its own settings
     else:
         if data.get("prompts") is not None:
             raise ConfigError(f"data.prompts is set (data={data.name}) but teacher={kind} takes class labels, not prompts; "
                               "use teacher=sd for a text-to-image teacher, or image data without prompts (data=mnist)")
-        if kind == "dit" and teacher.path is None:
-            raise ConfigError("teacher=dit needs teacher.path (a DiTPipeline folder or a hub id such as facebook/DiT-XL-2-256)")
+        if kind in GIVEN_TEACHERS and teacher.path is None:
+            raise ConfigError(f"teacher={kind} needs teacher.path ({GIVEN_TEACHERS[kind]})")
     return families.FAMILIES["unet"] if teacher.path is None else families.expect_family(teacher.path, kind)
 
 

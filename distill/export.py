@@ -70,7 +70,7 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
         if lora is not None:  # where the family's stock pipeline has a LoRA loader (Stable Diffusion)
             model.save_lora_weights(tmp, lora)
         (Path(tmp) / STUDENT_FILE).write_text(json.dumps(record) + "\n")
-        if scheduler is not None:
+        if model.makes_images:
             teacher = _teacher_or_none(record, config, run_dir)
             sample_grid(model, teacher, record["sigmas"], Path(tmp) / GRID_FILE, record.get("prompts"), record.get("guidance_scale", 1.0))
             if config is not None:
@@ -83,10 +83,10 @@ def export_student(student, ema: EMAModel | None, path: Path, record: dict, run_
 def write_model_card(path: Path, run_dir: Path, source: str = "the run") -> None:
     """(Re)write an exported image student's README.md, with the run's metrics.json as it is now."""
     path = Path(path)
-    if not (path / "model_index.json").is_file():  # a toy MLP student: no pipeline, no card
-        return
     record = json.loads((path / STUDENT_FILE).read_text())
-    _write_card(path, teachers.load(path, key="student", family=record.get("family")), record, _run_config_or_none(run_dir), read_metrics(run_dir), source)
+    model = teachers.load(path, key="student", family=record.get("family"))
+    if model.makes_images:  # a toy MLP student has no card
+        _write_card(path, model, record, _run_config_or_none(run_dir), read_metrics(run_dir), source)
 
 
 def _write_card(folder: Path, model, record: dict, config, metrics: dict, source: str) -> None:

@@ -44,6 +44,11 @@ class Teacher:
                               f"text-to-image teacher; this {self.family} teacher has none (use loss.guidance_scale=1)")
         return torch.full_like(cond, self.null_class)
 
+    @property
+    def makes_images(self) -> bool:
+        """Its samples are images (C, H, W): an exported student gets a sample grid and a model card."""
+        return len(self.shape) == 3
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images NCHW in [-1, 1] from samples (pixels: as they are)."""
         return x

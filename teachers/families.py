@@ -53,6 +53,7 @@ FAMILIES = {family.name: family for family in (
     Family("sd", ("StableDiffusionPipeline",), "teachers.latent", latent=True),
     Family("dit", ("DiTPipeline",), "teachers.dit", latent=True),
     Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.sdxl", latent=True),
+    Family("edm", ("EDMDenoiser",), "teachers.edm"),
     Family("sd3", ("StableDiffusion3Pipeline",), "", latent=True, supported=False,
            reason="flow-matching teachers (SD3/SD3.5) are not supported yet"),
     Family("flux", ("FluxPipeline",), "", latent=True, supported=False,
@@ -163,7 +164,8 @@ def detect(path_or_id, key: str = "teacher.path") -> Family:
     return family_of_class(hub_class(where, key), f"{key}={path_or_id}")
 
 
-GROUP_FAMILIES = {"mlp": ("mlp",), "unet": ("unet",), "sd": ("sd", "sdxl"), "dit": ("dit",)}  # teacher=<group> takes
+MODEL_FOLDER_FAMILIES = ("mlp", "edm")  # one model folder (config.json + weights), no pipeline or scheduler
+GROUP_FAMILIES = {"mlp": ("mlp",), "unet": ("unet",), "sd": ("sd", "sdxl"), "dit": ("dit",), "edm": ("edm",)}  # teacher=<group> takes
 
 
 def expect_family(path_or_id, group: str, key: str = "teacher.path") -> Family:
@@ -215,7 +217,7 @@ def sigma_range(path_or_id, family: Family, key: str = "teacher.path") -> tuple[
     do not say."""
     where = resolve(path_or_id, key)
     read = (lambda name: where / name if (where / name).is_file() else None) if isinstance(where, Path) else (lambda name: hub_file(where, name, key))
-    if family.name == "mlp":
+    if family.name in MODEL_FOLDER_FAMILIES:  # the range is in the model's own config.json
         config = read_json(read(CONFIG_FILE), "model config")
         return float(config.get("sigma_min", 0.002)), float(config.get("sigma_max", 80.0))
     scheduler = read("scheduler/scheduler_config.json")

@@ -65,7 +65,8 @@ def save_pretrained_atomic(model, path: Path) -> Path:
 
 
 FOLDER_HINTS = {  # what to do about a bad model folder
-    "teacher": "train one with `python -m teachers.train`, or set teacher.path=null to train it inside the run",
+    "teacher": "train one with `python -m teachers.train`, convert an NVlabs EDM pickle with `distill-convert`, or set "
+               "teacher.path=null to train it inside the run",
     "student": "give the student/ folder that `python -m distill` exports into its run dir",
 }
 
