@@ -103,6 +103,22 @@ class Teacher:
         return False
 
 
+class ConfigSigmas:
+    """sigma_min, sigma_max and sigma_data read from a diffusers ConfigMixin's config (the model folders' families)."""
+
+    @property
+    def sigma_min(self) -> float:
+        return self.config.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.config.sigma_max
+
+    @property
+    def sigma_data(self) -> float:
+        return self.config.sigma_data
+
+
 def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar or (B,) sigma to x's rank: (B, 1, ..., 1)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)

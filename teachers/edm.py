@@ -15,7 +15,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from teachers.base import Teacher, edm_precond, expand_sigma
+from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma
 from teachers.edm_nets import NETWORKS
 
 PRECONDS = ("edm", "vp", "ve")  # EDMPrecond, VPPrecond, VEPrecond
@@ -46,7 +46,7 @@ def network_sigma_range(precond: str, sigma_max: float | None = None, sigma_min:
     return max(low, lo_net), min(high, hi_net)
 
 
-class EDMDenoiser(Teacher, ModelMixin, ConfigMixin):
+class EDMDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
     """D(x, sigma, class_labels) = c_skip x + c_out F(c_in x, c_noise, one_hot(labels)) (EDM eq. 7).
 
     x: float32 NCHW images in [-1, 1] plus sigma-scaled noise; sigma: scalar or (B,); cond: (B,) integer class labels
@@ -67,18 +67,6 @@ class EDMDenoiser(Teacher, ModelMixin, ConfigMixin):
             raise ValueError(f"precond={precond}; allowed: {', '.join(PRECONDS)}")
         self.model = NETWORKS[model_type](img_resolution=img_resolution, in_channels=img_channels,
                                           out_channels=img_channels, label_dim=label_dim, **(model_kwargs or {}))
-
-    @property
-    def sigma_min(self) -> float:
-        return self.config.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.config.sigma_max
-
-    @property
-    def sigma_data(self) -> float:
-        return self.config.sigma_data
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -12,10 +12,10 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from teachers.base import Teacher, edm_precond, expand_sigma, sinusoidal_embedding
+from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma, sinusoidal_embedding
 
 
-class MLPDenoiser(Teacher, ModelMixin, ConfigMixin):
+class MLPDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
     """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM eq. 7) with F a residual MLP (the `mlp` family).
 
     x: float32 (B, dim); sigma: scalar or (B,). Returns the x0 estimate, (B, dim).
@@ -44,18 +44,6 @@ class MLPDenoiser(Teacher, ModelMixin, ConfigMixin):
         self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
 
     loss_weighting = "edm"  # EDM-preconditioned: EDM's lambda(sigma) is its own MSE
-
-    @property
-    def sigma_min(self) -> float:
-        return self.config.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.config.sigma_max
-
-    @property
-    def sigma_data(self) -> float:
-        return self.config.sigma_data
 
     @property
     def shape(self) -> tuple[int, ...]:

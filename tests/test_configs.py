@@ -18,7 +18,9 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
 # tests/test_sdxl.py on tiny folders.
 TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
 USER_FILES = {("data", "prompts"), ("data", "coco"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
-              ("experiment", "sdxl_dmd2"), ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit")}
+              ("experiment", "sdxl_dmd2"), ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit"),
+              ("teacher", "edm"), *(("experiment", f"{name}{kind}") for name in ("cifar10_edm_dmd", "cifar10_edm_dmd2") for kind in ("", "_uncond")),
+              ("experiment", "imagenet64_edm_dmd2")}  # the EDM presets name the user's converted folders (tests/test_edm.py)
 HUB_TEACHERS = {("experiment", "cifar10")}  # names a hub teacher: validation reads its model_index.json (network or cache)
 
 
@@ -36,7 +38,7 @@ def test_every_group_option_composes_and_validates(group, option):
     if (group, option) in USER_FILES:  # they name the user's files or hub models: composition only here
         base = ["experiment=mnist_sd"] if group == "data" else ["experiment=mnist"] if group == "teacher" else []
         cfg = compose_config("train", [*base, f"{group}={option}", "run_dir=unused"])
-        assert cfg.teacher.kind in ("sd", "dit") and cfg.data.kind == "image"
+        assert cfg.teacher.kind in ("sd", "dit", "edm") and cfg.data.kind == "image"
         return
     if (group, option) in HUB_TEACHERS:
         cfg = compose_config("train", [f"{group}={option}", "run_dir=unused"])
@@ -65,7 +67,7 @@ def test_every_group_option_composes_and_validates(group, option):
 def test_experiments_compose_for_the_other_entry_points(entry, experiment):
     cfg = compose_config(entry, [f"experiment={experiment}", "run_dir=unused"])
     if is_text("experiment", experiment):
-        assert cfg.data.kind == "image" and cfg.teacher.kind in ("sd", "dit")
+        assert cfg.data.kind == "image" and cfg.teacher.kind in ("sd", "dit", "edm")
     elif is_image("experiment", experiment):
         assert cfg.data.kind == "image" and cfg.teacher.kind == "unet"
     else:

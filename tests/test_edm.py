@@ -193,6 +193,8 @@ def test_the_presets_validate_with_the_papers_settings(persistence, tmp_path):
         validate(cfg)
         assert cfg.teacher.family == "edm"
     assert compose_config("train", ["experiment=imagenet64_edm_dmd2", "run_dir=x"]).eval.teacher_samplers[0].num_steps == 40
+    with pytest.raises(ConfigError, match=r"teacher.path=./models/edm-cifar10-32x32-cond-vp: no such folder.*distill-convert"):
+        validate(compose_config("train", ["experiment=cifar10_edm_dmd2", "run_dir=x", "data=image_folder", f"data.path={tmp_path}"]))
     with pytest.raises(ConfigError, match="teacher=edm needs teacher.path .*distill-convert"):
         validate(compose_config("train", ["experiment=cifar10_edm_dmd2", "teacher.path=null", "run_dir=x",
                                           "data=image_folder", f"data.path={tmp_path}"]))
@@ -225,8 +227,8 @@ def test_a_bf16_teacher_and_a_bf16_autocast_student_stay_near_float32(tmp_path):
 
 
 SMOKE = {  # preset: the tiny network of the paper's architecture it runs on (preconditioning, arguments, labels)
-    "cifar10_edm_dmd": ("VPPrecond", SONG, 10), "cifar10_edm_dmd_uncond": ("VPPrecond", SONG, 0),
-    "cifar10_edm_dmd2": ("VPPrecond", SONG, 10), "cifar10_edm_dmd2_uncond": ("VPPrecond", SONG, 0),
+    "cifar10_edm_dmd": ("EDMPrecond", SONG, 10), "cifar10_edm_dmd_uncond": ("VPPrecond", SONG, 0),
+    "cifar10_edm_dmd2": ("EDMPrecond", SONG, 10), "cifar10_edm_dmd2_uncond": ("VPPrecond", SONG, 0),
     "imagenet64_edm_dmd2": ("EDMPrecond", {**ADM, "model_kwargs": {**ADM["model_kwargs"], "channel_mult": [1, 1, 2],
                                                                     "attn_resolutions": [16]}}, 10),
 }
