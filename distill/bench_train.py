@@ -152,7 +152,7 @@ def bench_preset(preset: str, extra: list[str], repeats: int, run_dir: Path) -> 
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = [f"# Training step benchmark", "", f"Written by `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+    lines = ["# Training step benchmark", "", f"Written by `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{torch.get_num_threads()} torch threads). Medians of repeated calls; a part's total is its time times its count per step.", ""]
     for r in results:
         lines += [f"## {r['preset']} (batch {r['batch_size']}, {r['fake_steps_per_student_step']} fake-score updates per student update, "
