@@ -1,6 +1,6 @@
 """`python -m teachers.convert PICKLE OUT_DIR` (`distill-convert`): an NVlabs EDM network pickle as a toolkit folder.
 
-NVlabs publishes EDM's networks as pickles made with `torch_utils.persistence`: each network object is stored as a
+NVlabs publishes EDM's (and EDM2's) networks as pickles made with `torch_utils.persistence`: each network object is stored as a
 call `_reconstruct_persistent_obj(meta)` whose meta carries the source code of its module, which unpickling would
 `exec`. This module never runs it. A restricted unpickler maps every global the file names to an inert stand-in
 (persistent objects become records of their class name and state; torch modules become records of their state;
@@ -23,16 +23,20 @@ import torch
 
 from teachers.errors import ConfigError
 
-PRECOND_CLASSES = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+PRECOND_CLASSES = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "Precond": "edm"}  # Precond: EDM2's
 NETWORK_CLASSES = ("SongUNet", "DhariwalUNet")
-LAYER_CLASSES = ("Linear", "Conv2d", "GroupNorm", "UNetBlock", "PositionalEmbedding", "FourierEmbedding")
-OTHER_CLASSES = ("EDMLoss", "VPLoss", "VELoss", "AugmentPipe")  # in training snapshots beside the network; not read
-KNOWN_PERSISTENT = (*PRECOND_CLASSES, *NETWORK_CLASSES, *LAYER_CLASSES, *OTHER_CLASSES)
+EDM2_NETWORK = "EDM2UNet"  # EDM2's `UNet`, always under its `Precond` (EDM's coefficients), stored as `unet`
+LAYER_CLASSES = ("Linear", "Conv2d", "GroupNorm", "UNetBlock", "PositionalEmbedding", "FourierEmbedding", "UNet", "Block",
+                 "MPConv", "MPFourier")
+OTHER_CLASSES = ("EDMLoss", "VPLoss", "VELoss", "EDM2Loss", "AugmentPipe", "StandardRGBEncoder")  # beside the network; not read
+LATENT_ENCODERS = ("StabilityVAEEncoder",)  # EDM2's img512 networks work on Stable Diffusion VAE latents
+KNOWN_PERSISTENT = (*PRECOND_CLASSES, *NETWORK_CLASSES, *LAYER_CLASSES, *OTHER_CLASSES, *LATENT_ENCODERS)
 REFUSED_PRECONDS = {"iDDPMPrecond": "iDDPM's preconditioning (a rounded sigma table) is not supported; EDMPrecond, "
-                                    "VPPrecond and VEPrecond are"}
+                                    "VPPrecond, VEPrecond and EDM2's Precond are"}
+EDM2_UNUSED = ("logvar_fourier.", "logvar_linear.")  # EDM2's uncertainty head: trains the loss weighting, not sampled
 NETWORK_KEY = "ema"  # the EMA network of an NVlabs snapshot: the one its FID figures are for
 INIT_KEYS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "model_type", "sigma_min", "sigma_max", "sigma_data",
-             "beta_d", "beta_min", "M", "epsilon_t")
+             "beta_d", "beta_min", "M", "epsilon_t", "logvar_channels")
 
 
 class Stub:
@@ -151,6 +155,14 @@ def collect_tensors(stub: Stub, prefix: str = "") -> dict[str, torch.Tensor]:
     return tensors
 
 
+def network_tensors(net: Stub) -> dict[str, torch.Tensor]:
+    """The wrapper's tensors named as EDMDenoiser's: EDM2's `unet.` as `model.`, its uncertainty head left out."""
+    tensors = collect_tensors(net)
+    if net.class_name != "Precond":
+        return tensors
+    return {("model." + k.removeprefix("unet.")): v for k, v in tensors.items() if not k.startswith(EDM2_UNUSED)}
+
+
 def plain(value):
     """Constructor arguments as JSON values (tuples as lists, numpy scalars as numbers)."""
     if isinstance(value, dict):
@@ -166,6 +178,10 @@ def plain(value):
 
 def network_of(data, path: Path) -> Stub:
     """The EMA network of an NVlabs snapshot dict (or a pickled network itself)."""
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    if isinstance(encoder, Stub) and encoder.class_name in LATENT_ENCODERS:
+        raise ConfigError(f"{path} is a latent EDM2 network (its encoder is {encoder.class_name}, Stable Diffusion's VAE); "
+                          "only pixel networks (EDM, EDM2 img64) are supported")
     net = data.get(NETWORK_KEY) if isinstance(data, dict) else data
     if not isinstance(net, Stub):
         keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
@@ -189,8 +205,8 @@ def denoiser_config(net: Stub, path: Path) -> dict:
     if missing:
         raise ConfigError(f"{path}: the network's recorded constructor arguments lack {', '.join(missing)}")
     precond = PRECOND_CLASSES[net.class_name]
-    model_type = kwargs.get("model_type", "DhariwalUNet" if precond == "edm" else "SongUNet")
-    if model_type not in NETWORK_CLASSES:
+    model_type = EDM2_NETWORK if net.class_name == "Precond" else kwargs.get("model_type", "DhariwalUNet" if precond == "edm" else "SongUNet")
+    if model_type not in (*NETWORK_CLASSES, EDM2_NETWORK):
         raise ConfigError(f"{path}: model_type={model_type}; supported: {', '.join(NETWORK_CLASSES)}")
     vp = {k: kwargs[k] for k in ("beta_d", "beta_min", "epsilon_t") if k in kwargs}
     low, high = network_sigma_range(precond, kwargs.get("sigma_max"), kwargs.get("sigma_min"), **vp)
@@ -212,7 +228,7 @@ def convert(pickle_path: Path, out_dir: Path) -> Path:
         raise ConfigError(f"PICKLE={pickle_path}: no such file")
     net = network_of(read_pickle(pickle_path), pickle_path)
     config = denoiser_config(net, pickle_path)
-    tensors = collect_tensors(net)
+    tensors = network_tensors(net)
     model = EDMDenoiser(**config)
     result = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -1,5 +1,6 @@
 """EDM's networks as teachers (the `edm` family): SongUNet (CIFAR-10) or DhariwalUNet (ImageNet-64) under EDM's,
-VP's or VE's preconditioning (Karras et al. 2022, Table 1).
+VP's or VE's preconditioning (Karras et al. 2022, Table 1), and EDM2's pixel UNet (Karras et al. 2024; EDM's
+preconditioning).
 
 A folder holds config.json (`_class_name: EDMDenoiser`) and the weights as safetensors, with NVlabs' parameter names
 under `model.`; `python -m teachers.convert` makes one from an NVlabs pickle without running it. No diffusers pipeline
@@ -90,7 +91,7 @@ class EDMDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
     def time_embedding(self) -> nn.Module:
         """The layer whose output is the noise-level embedding, before the label is added (a step-aware fake score adds
         its step there)."""
-        return self.model.map_layer1
+        return self.model.time_embedding
 
     def card_facts(self) -> tuple[str, str]:
         return "unconditional-image-generation", (
@@ -120,7 +121,7 @@ class EDMDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
         x = x.float()
         sigma = expand_sigma(sigma, x).float()
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        dtype = self.model.map_layer0.weight.dtype
+        dtype = next(self.model.parameters()).dtype
         out = self.model((c_in * x).to(dtype), c_noise.flatten(), self.labels(cond, x))
         return c_skip * x + c_out * out.float()
 

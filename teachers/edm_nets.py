@@ -1,5 +1,6 @@
 """EDM's pixel networks, written from the papers: DDPM++/NCSN++ (`SongUNet`; Song et al. 2021) and ADM
-(`DhariwalUNet`; Dhariwal & Nichol 2021) as Karras et al. 2022 (EDM) configured them.
+(`DhariwalUNet`; Dhariwal & Nichol 2021) as Karras et al. 2022 (EDM) configured them, and EDM2's magnitude-preserving
+UNet (`EDM2UNet`, NVlabs' `UNet`; Karras et al. 2024).
 
 Every module and parameter has the name NVlabs' state dicts use (`model.enc.32x32_block0.conv0.weight`, ...), so a
 converted pickle (teachers/convert.py) loads with `load_state_dict(strict=True)`. Our own code; only the names and
@@ -221,6 +222,11 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
 
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The layer whose output is the noise-level embedding, before the label is added."""
+        return self.map_layer1
+
     def embedding(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [sin, cos], the order DDPM++ was trained with
@@ -301,6 +307,11 @@ class DhariwalUNet(nn.Module):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3)
 
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The layer whose output is the noise-level embedding, before the label is added."""
+        return self.map_layer1
+
     def embedding(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(noise_labels))))
         if self.map_label is not None:
@@ -321,3 +332,185 @@ class DhariwalUNet(nn.Module):
 
 
 NETWORKS = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
+
+
+# EDM2 (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models"): every layer keeps
+# the magnitudes of its activations and weights (config G), so nothing needs normalisation layers or biases.
+
+def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
+    """x over its norm along dim (all but the first by default), the norm scaled to an average of 1 per element."""
+    dim = list(range(1, x.ndim)) if dim is None else dim
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+    norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))
+    return x / norm.to(x.dtype)
+
+
+def mp_silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU scaled to unit output magnitude for unit-variance input (EDM2 eq. 81)."""
+    return F.silu(x) / 0.596
+
+
+def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
+    """(1 - t) a + t b, rescaled to keep unit magnitude."""
+    return a.lerp(b, t) / math.sqrt((1 - t) ** 2 + t**2)
+
+
+def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
+    """Concatenation weighted (1 - t) : t and rescaled to keep unit magnitude, per channel count."""
+    na, nb = a.shape[dim], b.shape[dim]
+    c = math.sqrt((na + nb) / ((1 - t) ** 2 + t**2))
+    return torch.cat([c / math.sqrt(na) * (1 - t) * a, c / math.sqrt(nb) * t * b], dim=dim)
+
+
+def fir_resample(x: torch.Tensor, taps: list[float], mode: str) -> torch.Tensor:
+    """2x FIR up- or downsampling per channel ('keep': none)."""
+    if mode == "keep":
+        return x
+    f = resample_kernel(taps).to(x.dtype).to(x.device).tile(x.shape[1], 1, 1, 1)
+    pad = (len(taps) - 1) // 2
+    if mode == "down":
+        return F.conv2d(x, f, groups=x.shape[1], stride=2, padding=pad)
+    return F.conv_transpose2d(x, f * 4, groups=x.shape[1], stride=2, padding=pad)
+
+
+class MPFourier(nn.Module):
+    """cos(2 pi (f x + phase)) * sqrt(2): a unit-magnitude Fourier embedding of the noise label."""
+
+    def __init__(self, num_channels: int, bandwidth: float = 1):
+        super().__init__()
+        self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)
+        self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.outer(x.float(), self.freqs.float()) + self.phases.float()
+        return (y.cos() * math.sqrt(2)).to(x.dtype)
+
+
+class MPConv(nn.Module):
+    """A convolution (or, with kernel [], a linear layer) whose weights are normalised per output channel; in training
+    the stored weights are normalised too (EDM2's forced weight normalisation)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: list[int]):
+        super().__init__()
+        self.out_channels = out_channels
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+
+    def forward(self, x: torch.Tensor, gain=1) -> torch.Tensor:
+        w = self.weight.float()
+        if self.training:
+            with torch.no_grad():
+                self.weight.copy_(normalize(w))
+        w = (normalize(w) * (gain / math.sqrt(w[0].numel()))).to(x.dtype)
+        return x @ w.t() if w.ndim == 2 else F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
+class Block(nn.Module):
+    """EDM2's residual block: encoder flavour (skip projection and pixel norm first) or decoder flavour, the embedding
+    as a multiplicative gain, optional attention, magnitude-preserving sums, clipped activations."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc", resample_mode: str = "keep",
+                 resample_filter: list[float] = (1, 1), attention: bool = False, channels_per_head: int = 64,
+                 dropout: float = 0, res_balance: float = 0.3, attn_balance: float = 0.3, clip_act: float | None = 256):
+        super().__init__()
+        self.out_channels, self.flavor, self.resample_filter, self.resample_mode = out_channels, flavor, list(resample_filter), resample_mode
+        self.num_heads = out_channels // channels_per_head if attention else 0
+        self.dropout, self.res_balance, self.attn_balance, self.clip_act = dropout, res_balance, attn_balance, clip_act
+        self.emb_gain = nn.Parameter(torch.zeros([]))
+        self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, [3, 3])
+        self.emb_linear = MPConv(emb_channels, out_channels, [])
+        self.conv_res1 = MPConv(out_channels, out_channels, [3, 3])
+        self.conv_skip = MPConv(in_channels, out_channels, [1, 1]) if in_channels != out_channels else None
+        self.attn_qkv = MPConv(out_channels, out_channels * 3, [1, 1]) if self.num_heads else None
+        self.attn_proj = MPConv(out_channels, out_channels, [1, 1]) if self.num_heads else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = fir_resample(x, self.resample_filter, self.resample_mode)
+        if self.flavor == "enc":
+            x = normalize(x if self.conv_skip is None else self.conv_skip(x), dim=1)  # pixel norm
+        y = self.conv_res0(mp_silu(x))
+        gain = self.emb_linear(emb, gain=self.emb_gain) + 1
+        y = mp_silu(y * gain[:, :, None, None].to(y.dtype))
+        y = self.conv_res1(F.dropout(y, p=self.dropout, training=self.training))
+        if self.flavor == "dec" and self.conv_skip is not None:
+            x = self.conv_skip(x)
+        x = mp_sum(x, y, t=self.res_balance)
+        if self.num_heads:
+            x = mp_sum(x, self.attn_proj(self.attention(self.attn_qkv(x), x.shape)), t=self.attn_balance)
+        return x if self.clip_act is None else x.clip(-self.clip_act, self.clip_act)
+
+    def attention(self, qkv: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Cosine attention: q, k, v pixel-normalised per head (the layout of EDM2's qkv weights)."""
+        b, c, h, w = shape
+        q, k, v = normalize(qkv.reshape(b, self.num_heads, -1, 3, h * w), dim=2).unbind(3)  # (b, heads, c_head, pixels)
+        a = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        return a.transpose(2, 3).reshape(shape)
+
+
+class EDM2UNet(nn.Module):
+    """EDM2's UNet (NVlabs' `UNet`) for pixel images. F(x, c_noise, labels) -> (B, img_channels, R, R)."""
+
+    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0, model_channels: int = 192,
+                 channel_mult: list[int] = (1, 2, 3, 4), channel_mult_noise: int | None = None, channel_mult_emb: int | None = None,
+                 num_blocks: int = 3, attn_resolutions: list[int] = (16, 8), label_balance: float = 0.5,
+                 concat_balance: float = 0.5, **block_kwargs):
+        super().__init__()
+        cblock = [model_channels * m for m in channel_mult]
+        cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
+        cemb = model_channels * channel_mult_emb if channel_mult_emb is not None else max(cblock)
+        self.label_balance, self.concat_balance = label_balance, concat_balance
+        self.out_gain = nn.Parameter(torch.zeros([]))
+        self.emb_fourier = MPFourier(cnoise)
+        self.emb_noise = MPConv(cnoise, cemb, [])
+        self.emb_label = MPConv(label_dim, cemb, []) if label_dim else None
+
+        self.enc = nn.ModuleDict()
+        cout = in_channels + 1  # a constant channel of ones gives the convolutions a bias
+        for level, channels in enumerate(cblock):
+            res = img_resolution >> level
+            if level == 0:
+                self.enc[f"{res}x{res}_conv"] = MPConv(cout, channels, [3, 3])
+                cout = channels
+            else:
+                self.enc[f"{res}x{res}_down"] = Block(cout, cout, cemb, flavor="enc", resample_mode="down", **block_kwargs)
+            for idx in range(num_blocks):
+                self.enc[f"{res}x{res}_block{idx}"] = Block(cout, channels, cemb, flavor="enc", attention=res in attn_resolutions, **block_kwargs)
+                cout = channels
+        skips = [m.out_channels for m in self.enc.values()]
+
+        self.dec = nn.ModuleDict()
+        for level, channels in reversed(list(enumerate(cblock))):
+            res = img_resolution >> level
+            if level == len(cblock) - 1:
+                self.dec[f"{res}x{res}_in0"] = Block(cout, cout, cemb, flavor="dec", attention=True, **block_kwargs)
+                self.dec[f"{res}x{res}_in1"] = Block(cout, cout, cemb, flavor="dec", **block_kwargs)
+            else:
+                self.dec[f"{res}x{res}_up"] = Block(cout, cout, cemb, flavor="dec", resample_mode="up", **block_kwargs)
+            for idx in range(num_blocks + 1):
+                self.dec[f"{res}x{res}_block{idx}"] = Block(cout + skips.pop(), channels, cemb, flavor="dec",
+                                                            attention=res in attn_resolutions, **block_kwargs)
+                cout = channels
+        self.out_conv = MPConv(cout, out_channels, [3, 3])
+
+    @property
+    def time_embedding(self) -> nn.Module:
+        """The layer whose output is the noise-level embedding, before the label is mixed in."""
+        return self.emb_noise
+
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        emb = self.emb_noise(self.emb_fourier(noise_labels))
+        if self.emb_label is not None:
+            emb = mp_sum(emb, self.emb_label(class_labels * math.sqrt(class_labels.shape[1])), t=self.label_balance)
+        emb = mp_silu(emb)
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        skips = []
+        for name, block in self.enc.items():
+            x = block(x) if "conv" in name else block(x, emb)
+            skips.append(x)
+        for name, block in self.dec.items():
+            if "block" in name:
+                x = mp_cat(x, skips.pop(), t=self.concat_balance)
+            x = block(x, emb)
+        return self.out_conv(x, gain=self.out_gain)
+
+
+NETWORKS["EDM2UNet"] = EDM2UNet

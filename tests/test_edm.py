@@ -36,12 +36,25 @@ NCSN = dict(model_type="SongUNet", img_resolution=16, img_channels=3, model_kwar
     encoder_type="residual", channel_mult_noise=2, resample_filter=[1, 3, 3, 1]))
 ADM = dict(model_type="DhariwalUNet", img_resolution=16, img_channels=3, model_kwargs=dict(
     model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.1))
+EDM2 = dict(model_type="EDM2UNet", img_resolution=16, img_channels=3, model_kwargs=dict(
+    model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.1))
 CASES = {  # (preconditioning class, constructor arguments, labels)
     "ddpmpp-vp-cond": ("VPPrecond", SONG, 10),
     "ncsnpp-ve-uncond": ("VEPrecond", NCSN, 0),
     "adm-edm-cond": ("EDMPrecond", ADM, 10),
+    "edm2-cond": ("Precond", EDM2, 10),
 }
-PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
+PRECOND = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm", "Precond": "edm"}
+NVLABS_NAMES = {"EDM2UNet": "UNet"}  # the toolkit's class names that differ from NVlabs'
+
+
+class EDM2Precond(torch.nn.Module):
+    """EDM2's wrapper: the network under `unet`, beside the uncertainty head (logvar_*) the converter leaves out."""
+
+    def __init__(self, init_kwargs: dict, unet: torch.nn.Module):
+        super().__init__()
+        self.class_name, self.init_kwargs, self.unet = "Precond", init_kwargs, unet
+        self.logvar_fourier, self.logvar_linear = edm_nets.MPFourier(8), edm_nets.MPConv(8, 1, [])
 
 
 def reconstruct(meta):  # never called: the converter resolves this global to its own stand-in
@@ -72,8 +85,9 @@ class PersistencePickler(pickle.Pickler):
     """Pickles the EDM layers and the wrapper as torch_utils.persistence does: class name, state, module source."""
 
     def reducer_override(self, obj):
-        name = obj.class_name if isinstance(obj, Precond) else type(obj).__name__
-        if isinstance(obj, Precond) or (isinstance(obj, torch.nn.Module) and type(obj).__module__ == edm_nets.__name__):
+        wrapper = isinstance(obj, (Precond, EDM2Precond))
+        name = obj.class_name if wrapper else NVLABS_NAMES.get(type(obj).__name__, type(obj).__name__)
+        if wrapper or (isinstance(obj, torch.nn.Module) and type(obj).__module__ == edm_nets.__name__):
             state = {k: v for k, v in obj.__dict__.items() if k not in ("class_name", "init_kwargs")}
             state |= {"_init_args": (), "_init_kwargs": getattr(obj, "init_kwargs", {})}
             meta = dict(type="class", version=6, module_src=EVIL_SOURCE, class_name=name, state=state)
@@ -92,7 +106,12 @@ def nvlabs_pickle(path: Path, precond: str, kwargs: dict, label_dim: int, seed: 
     init = {"img_resolution": kwargs["img_resolution"], "img_channels": kwargs["img_channels"], "label_dim": label_dim,
             "use_fp16": False, "model_type": kwargs["model_type"], **kwargs["model_kwargs"]}
     init["dropout"] = np.float64(init.get("dropout", 0.1))  # numpy scalars occur in real snapshots' arguments
-    snapshot = {"ema": Precond(precond, init, ours.model), "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {"path": "x.zip"}}
+    if precond == "Precond":  # EDM2: no model_type, the network under `unet`
+        del init["model_type"]
+        network = EDM2Precond(init | {"logvar_channels": 8}, ours.model)
+    else:
+        network = Precond(precond, init, ours.model)
+    snapshot = {"ema": network, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {"path": "x.zip"}}
     with open(path, "wb") as f:
         PersistencePickler(f, protocol=4).dump(snapshot)
     return ours
@@ -147,6 +166,14 @@ def bad_pickles(tmp_path: Path) -> dict:
     cases["unknown class"] = (tmp_path / "unknown.pkl", ["unknown persistent class MysteryNet"])
     (tmp_path / "truncated.pkl").write_bytes(data[: len(data) // 2])
     cases["truncated"] = (tmp_path / "truncated.pkl", ["truncated"])
+    latent = dict(type="class", version=6, module_src=EVIL_SOURCE, class_name="StabilityVAEEncoder", state={})
+
+    class LatentEncoder:
+        def __reduce__(self):
+            return reconstruct, (latent,)
+
+    (tmp_path / "latent.pkl").write_bytes(pickle.dumps({"ema": None, "encoder": LatentEncoder()}))
+    cases["latent EDM2"] = (tmp_path / "latent.pkl", ["latent EDM2 network", "StabilityVAEEncoder"])
     (tmp_path / "no_ema.pkl").write_bytes(pickle.dumps({"loss_fn": None, "dataset_kwargs": {}}))
     cases["no ema"] = (tmp_path / "no_ema.pkl", ["no 'ema'", "loss_fn"])
     return cases
@@ -267,3 +294,19 @@ def test_a_preset_distills_a_tiny_converted_network_whose_student_card_and_serve
     with TestClient(create_app(source, source.load_first(), ServeSettings(warmup=False))) as client:
         reply = client.post("/generate", json={"seed": 3, "num_images": 1} | ({"label": 2} if label_dim else {}))
         assert reply.status_code == 200 and client.get("/health").json()["num_classes"] == (label_dim or None)
+
+
+def test_an_edm2_student_trains_with_forced_weight_normalisation():
+    """EDM2's layers normalise their stored weights in training (Karras et al. 2024, sec. 2.5): a training step keeps
+    every MPConv weight at unit norm per output channel, and gradients reach the gains that start at zero."""
+    student = EDMDenoiser(label_dim=10, **EDM2).train()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    for _ in range(2):
+        student(torch.randn(2, 3, 16, 16), 1.0, torch.tensor([1, 2])).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    student(torch.randn(2, 3, 16, 16), 1.0, torch.tensor([1, 2]))  # normalises the weights the last step moved
+    for layer in (m for m in student.modules() if isinstance(m, edm_nets.MPConv)):
+        norms = layer.weight.flatten(1).norm(dim=1) / layer.weight[0].numel() ** 0.5
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-3)
+    assert student.model.out_gain.item() != 0
