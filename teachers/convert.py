@@ -244,17 +244,14 @@ def check_output(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise ConfigError(f"OUT_DIR={out_dir} is a file")
-    config = out_dir / "config.json"
-    converted = config.is_file() and _class_name(config) == "EDMDenoiser"
+    from teachers.families import folder_class
+
+    try:
+        converted = folder_class(out_dir) == "EDMDenoiser"
+    except ConfigError:  # an unreadable config.json: not a conversion of ours
+        converted = False
     if any(out_dir.iterdir()) and not converted:
         raise ConfigError(f"OUT_DIR={out_dir} exists and is not a converted network; give a new folder")
-
-
-def _class_name(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("_class_name")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,6 +18,7 @@ from torch import nn
 
 from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma
 from teachers.edm_nets import NETWORKS
+from teachers.io import check_model_folder
 
 PRECONDS = ("edm", "vp", "ve")  # EDMPrecond, VPPrecond, VEPrecond
 EDM_SAMPLER_RANGE = (0.002, 80.0)  # the sigma range of EDM's sampler (generate.py), clipped to the network's own
@@ -128,13 +129,10 @@ class EDMDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
 
 def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> EDMDenoiser:
     """The network of a converted (or exported) folder, in teacher.dtype where one is set."""
+    from teachers.latent import torch_dtype  # the one check of teacher.dtype's names
+
     check_folder(folder, key)
-    model = EDMDenoiser.from_pretrained(folder, use_safetensors=True)
-    return model if dtype in (None, "float32") else model.to(getattr(torch, dtype))
+    return EDMDenoiser.from_pretrained(folder, use_safetensors=True, **({} if dtype is None else {"torch_dtype": torch_dtype(dtype)}))
 
 
-def check_folder(folder: Path, key: str = "teacher.path") -> None:
-    """config.json and the safetensors weights are there."""
-    from teachers.io import check_model_folder
-
-    check_model_folder(folder, key)
+check_folder = check_model_folder  # config.json and the safetensors weights are there

@@ -13,6 +13,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma, sinusoidal_embedding
+from teachers.io import check_model_folder
 
 
 class MLPDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
@@ -84,8 +85,4 @@ def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path
     return model
 
 
-def check_folder(folder: Path, key: str = "teacher.path") -> None:
-    """config.json and the weights are there."""
-    from teachers.io import check_model_folder
-
-    check_model_folder(folder, key)
+check_folder = check_model_folder  # config.json and the weights (safetensors or a tensors-only .bin) are there
