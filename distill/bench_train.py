@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from distill.gan import uses_gan
+from distill.config import uses_gan
 from distill.loop import Prepared, distill_step, prepare
 from teachers.base import expand_sigma
 from teachers.cli import CONFIG_DIR

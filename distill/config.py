@@ -3,28 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from distill.checkpoint import CorruptCheckpoint, verify
 from distill.schedule import LR_SCHEDULES
-from distill.gan import uses_gan
-from distill.tasks import ImageTask, LatentTask, ToyTask, no_captions_message
-from eval.samplers import SAMPLERS
-from teachers.base import LOSS_WEIGHTINGS
-from teachers.errors import ConfigError
-from teachers.gmm import GaussianMixture, mixture_from_lists
 from teachers import families
+from teachers.checks import LOSS_WEIGHTINGS, check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, mixture_lists
+from teachers.errors import ConfigError
 from teachers.families import Family
-from teachers.data import has_captions
-from teachers.latent import check_config as check_sd_config
-from teachers.io import read_model_config
-from teachers.train import check_teacher_config
-from teachers.vp import sigma_range as vp_sigma_range
 
 REAL_SCORES = ("network", "analytic")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 REGRESSION_DISTANCES = ("l2", "pseudo_huber")
+SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m")  # eval.samplers.SAMPLERS (tests/test_configs.py checks they agree)
 
 
 POSITIVE_INT_TRAIN_KEYS = (
@@ -51,15 +41,20 @@ def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> 
         _require(_is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
 
 
-def check_teacher(teacher: DictConfig, mixture: GaussianMixture) -> Family:
+def uses_gan(loss) -> bool:
+    """Whether loss (the config's loss section) trains DMD2's GAN head."""
+    return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
+
+
+def check_teacher(teacher: DictConfig, dim: int) -> Family:
     """teacher.real is known; a given teacher.path is an MLP teacher folder of the data's dimension."""
     _require(teacher.real in REAL_SCORES, f"teacher.real={teacher.real}; allowed: {', '.join(REAL_SCORES)}")
     if teacher.path is None:
-        check_teacher_config(teacher)  # it will be trained in the run
+        check_mlp_teacher(teacher)  # it will be trained in the run
         return families.FAMILIES["mlp"]
     family = families.expect_family(teacher.path, "mlp")
-    dim = read_model_config(families.local_folder(teacher.path)).get("dim")
-    _require(dim == mixture.dim, f"teacher.path={teacher.path} is a {dim}-D teacher but the data is {mixture.dim}-D")
+    folder_dim = families.read_json(families.local_folder(teacher.path) / families.CONFIG_FILE, "model config").get("dim")
+    _require(folder_dim == dim, f"teacher.path={teacher.path} is a {folder_dim}-D teacher but the data is {dim}-D")
     return family
 
 
@@ -77,7 +72,7 @@ def check_image_teacher(teacher: DictConfig, data: DictConfig) -> Family:
     kind = teacher.get("kind", "mlp")
     _require(kind in IMAGE_TEACHERS, f"teacher={kind} cannot model images; use teacher=unet, teacher=sd, teacher=dit or teacher=edm")
     if kind == "sd":
-        check_sd_config(teacher, data)  # the SD adapter checks its own settings
+        check_sd_teacher(teacher, data)  # the SD family's own settings
     else:
         if data.get("prompts") is not None:
             raise ConfigError(f"data.prompts is set (data={data.name}) but teacher={kind} takes class labels, not prompts; "
@@ -87,22 +82,23 @@ def check_image_teacher(teacher: DictConfig, data: DictConfig) -> Family:
     return families.FAMILIES["unet"] if teacher.path is None else families.expect_family(teacher.path, kind)
 
 
-def teacher_sigma_range(cfg: DictConfig) -> tuple[float, float] | None:
-    """The teacher's [sigma_min, sigma_max] from its configs (no weights): its folder's, or the one the run trains."""
+def teacher_sigma_range(cfg: DictConfig, vp_tables: bool = True) -> tuple[float, float] | None:
+    """The teacher's [sigma_min, sigma_max] from its configs (no weights): its folder's, or the one the run trains.
+    vp_tables=False: a DDPM table's range without torch, to float64 precision (teachers.checks.ddpm_sigma_range)."""
     if cfg.teacher.path is not None:
-        return families.sigma_range(cfg.teacher.path, families.FAMILIES[cfg.teacher.family])
+        return families.sigma_range(cfg.teacher.path, families.FAMILIES[cfg.teacher.family], vp_tables=vp_tables)
     if cfg.teacher.get("scheduler") is not None:  # a UNet trained in the run: its DDPM table
-        return vp_sigma_range(dict(cfg.teacher.scheduler), {})
+        return (families.vp_table_range if vp_tables else ddpm_sigma_range)(dict(cfg.teacher.scheduler), {})
     return 0.002, 80.0  # an MLP trained in the run: MLPDenoiser's defaults
 
 
 SIGMA_TOLERANCE = 1e-3  # relative: presets write table values to a few digits
 
 
-def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None) -> None:
+def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None, fill: bool = True) -> None:
     """Every configured noise level lies in the teacher's [sigma_min, sigma_max] (refused, not clamped: the adapters
-    would run the network at the clamped sigma while the noising used the configured one); a null loss bound is the
-    teacher's own, written into the config."""
+    would run the network at the clamped sigma while the noising used the configured one); with fill, a null loss
+    bound is the teacher's own, written into the config (from the exact table, not a float64 estimate of it)."""
     if sigma_range is None:
         return
     low, high = sigma_range
@@ -112,6 +108,8 @@ def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None)
         section = cfg.loss[name]
         for bound, default in (("min", low), ("max", high)):
             if section[bound] is None:
+                if not fill:
+                    continue
                 with open_dict(section):
                     section[bound] = float(default)
             value = section[bound]
@@ -141,9 +139,9 @@ def check_loss(loss: DictConfig) -> None:
              f"loss.fake_score_weighting={loss.fake_score_weighting}; allowed: auto, {', '.join(LOSS_WEIGHTINGS)}")
     for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
-        _require(0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")
+        _require(s.min is None or s.max is None or 0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")
         _require(0 <= s.t_min < s.t_max <= 1, f"loss.{name}.t_min={s.t_min}, loss.{name}.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
-    _require(loss.pairs.sampler in SAMPLERS, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLERS)}")
+    _require(loss.pairs.sampler in SAMPLER_NAMES, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLER_NAMES)}")
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
 
 
@@ -151,7 +149,12 @@ def check_gan_real_side(cfg: DictConfig) -> None:
     """A text teacher's GAN needs real images it knows the prompts of: captioned images, or prompts that name the
     images' classes (data=mnist_sd); refused here, before any work, where a folder says it has no captions."""
     prompts = cfg.data.get("prompts")
-    if uses_gan(cfg.loss) and prompts is not None and prompts.source != "mnist_captions" and has_captions(cfg.data) is False:
+    if not uses_gan(cfg.loss) or prompts is None or prompts.source == "mnist_captions":
+        return
+    from distill.tasks import no_captions_message
+    from teachers.data import has_captions
+
+    if has_captions(cfg.data) is False:
         raise ConfigError(no_captions_message(cfg.data))
 
 
@@ -202,17 +205,23 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
     )
     precision = train.get("mixed_precision", "no")
     _require(precision in MIXED_PRECISIONS, f"train.mixed_precision={precision}; allowed: {', '.join(MIXED_PRECISIONS)}")
-    _require(precision != "fp16" or torch.cuda.is_available(),
-             "train.mixed_precision=fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or no")
+    if precision == "fp16":
+        import torch
+
+        _require(torch.cuda.is_available(), "train.mixed_precision=fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or no")
     _require(isinstance(train.get("gradient_checkpointing", False), bool),
              f"train.gradient_checkpointing={train.get('gradient_checkpointing')}; use true or false")
     for key in ("resume_from", "init_from"):
         if train.get(key) is not None:
+            from distill.checkpoint import CorruptCheckpoint, verify
+
             try:
                 verify(Path(train[key]))
             except CorruptCheckpoint as err:
                 raise ConfigError(f"train.{key}={train[key]} cannot be loaded: {err}") from None
     if train.resume_from is not None:
+        from distill.checkpoint import CorruptCheckpoint, verify
+
         try:
             verify(Path(train.resume_from))
         except CorruptCheckpoint as err:
@@ -254,23 +263,25 @@ def check_eval(eval_cfg: DictConfig, kind: str) -> None:
         _require(eval_cfg.reference_split in ("train", "test"), f"eval.reference_split={eval_cfg.reference_split}; allowed: train, test")
         _require(len(eval_cfg.teacher_samplers) > 0, "eval.teacher_samplers is empty; FID is measured against the teacher's full sampler")
     for spec in eval_cfg.teacher_samplers:
-        _require(spec.name in SAMPLERS, f"eval.teacher_samplers name={spec.name}; allowed: {', '.join(SAMPLERS)}")
+        _require(spec.name in SAMPLER_NAMES, f"eval.teacher_samplers name={spec.name}; allowed: {', '.join(SAMPLER_NAMES)}")
         _require(spec.num_steps >= 1, f"eval.teacher_samplers num_steps={spec.num_steps}; it must be >= 1")
 
 
 def check_domain_labels(data: DictConfig, eval_cfg: DictConfig) -> None:
     """The domain classifier trains on class labels: an image folder without class subfolders has none."""
-    from eval.features import UNLABELLED
-
     if eval_cfg.feature_extractor != "domain" or eval_cfg.get("classifier_path") or data.source != "folder" or OmegaConf.is_missing(data, "path"):
         return
     folder = Path(str(data.path))
     if folder.is_dir() and not any(p.is_dir() for p in folder.iterdir()):
+        from eval.features import UNLABELLED
+
         raise ConfigError(f"data.path={folder}: {UNLABELLED}")
 
 
-def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
-    """Every check of a distillation config; returns the task (toy mixture or image data)."""
+def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
+    """Every check of a distillation config; returns the teacher's family (recorded in cfg.teacher.family). Needs no
+    torch with vp_tables=False (the entry point's check before its heavy imports): a DDPM table's sigma range is then
+    checked by validate, after them."""
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.get("kind", "toy")
@@ -280,15 +291,13 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
                           "the teacher trained in this run is unconditional (use loss.guidance_scale=1)")
     if kind == "image":
         family = check_image_teacher(cfg.teacher, cfg.data)
-        task = LatentTask(cfg.data) if family.latent else ImageTask(cfg.data)
     else:
         _require(cfg.teacher.get("kind", "mlp") == "mlp", f"teacher={cfg.teacher.kind} needs image data (data=mnist|digits|...)")
-        mixture = mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
-        family = check_teacher(cfg.teacher, mixture)
-        task = ToyTask(mixture)
+        means, _, _ = mixture_lists(cfg.data.means, cfg.data.stds, cfg.data.weights)
+        family = check_teacher(cfg.teacher, len(means[0]))
     with open_dict(cfg.teacher):
         cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
-    check_sigma_ranges(cfg, teacher_sigma_range(cfg))
+    check_sigma_ranges(cfg, teacher_sigma_range(cfg, vp_tables), fill=vp_tables)
     check_loss(cfg.loss)
     check_gan_real_side(cfg)
     check_train(cfg.train, cfg.student)
@@ -298,4 +307,16 @@ def validate(cfg: DictConfig) -> ToyTask | ImageTask | LatentTask:
     check_eval(cfg.eval, kind)
     if kind == "image":
         check_domain_labels(cfg.data, cfg.eval)
-    return task
+    return family
+
+
+def validate(cfg: DictConfig):
+    """Every check of a distillation config (sigma ranges from DDPM tables included); returns the task (toy mixture,
+    image or latent data)."""
+    from distill.tasks import ImageTask, LatentTask, ToyTask
+    from teachers.gmm import mixture_from_lists
+
+    family = check(cfg)
+    if cfg.data.get("kind", "toy") != "image":
+        return ToyTask(mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights))
+    return LatentTask(cfg.data) if family.latent else ImageTask(cfg.data)

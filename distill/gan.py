@@ -110,11 +110,6 @@ def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-logits_fake)
 
 
-def uses_gan(loss) -> bool:
-    """Whether loss (the config's loss section) trains DMD2's GAN head."""
-    return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
-
-
 @contextlib.contextmanager
 def frozen(module: nn.Module):
     """No parameter gradients inside (the critic during the student's GAN loss); restored after."""

@@ -17,7 +17,8 @@ from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoi
 from distill.config import validate
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.fake_score import build_step_embedding
-from distill.gan import Critic, build_head, uses_gan
+from distill.config import uses_gan
+from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
 from distill.lora import add_lora
 from distill.noise import sample_dmd_sigma

@@ -17,7 +17,7 @@ from teachers.errors import ConfigError
 from teachers.gmm import GaussianMixture, GMMDenoiser
 import teachers
 from teachers.io import save_pretrained_atomic
-from teachers.train import train_image_teacher, train_teacher
+from teachers.fit import train_image_teacher, train_teacher
 from teachers.zoo import resolve_model_path
 
 PLOT_SAMPLES = {"toy": 2000, "image": 64}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import torch
 
+from teachers.checks import LOSS_WEIGHTINGS
 from teachers.errors import ConfigError
 
 
@@ -146,7 +147,6 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-LOSS_WEIGHTINGS = ("edm", "epsilon", "v_prediction", "sample")
 
 
 def denoising_loss_weight(sigma: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:

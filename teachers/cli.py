@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,24 @@ def report_config_errors(run: Callable[[DictConfig], object]) -> Callable[[DictC
     return task
 
 
-def hydra_entry(config_name: str, run_module: str) -> None:
-    """Check preset names on the command line, then import run_module (heavy) and hand over to hydra."""
+HIDDEN_DETAIL = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+
+
+def composition_error_line(err: BaseException) -> str:
+    """hydra's and OmegaConf's multi-line composition errors (an unknown key, a value of the wrong type, a bad
+    override) as one line: the message and its cause, without the object dumps."""
+    parts = []
+    for exc in (err, err.__cause__):
+        for line in str(exc or "").splitlines():
+            line = line.strip().rstrip(".")
+            if line and not line.startswith(HIDDEN_DETAIL) and line not in parts:
+                parts.append(line)
+    return "; ".join(parts)
+
+
+def hydra_entry(config_name: str, run_module: str, check: Callable[[DictConfig], object] | None = None) -> None:
+    """Check preset names on the command line, compose the config, check it with `check` (light: no torch), and only
+    then import run_module (heavy: torch, diffusers, accelerate) and run it. `--help` and `--cfg job` never import it."""
     try:
         check_presets(sys.argv[1:])
     except ConfigError as err:
@@ -72,6 +89,23 @@ def hydra_entry(config_name: str, run_module: str) -> None:
     import importlib
 
     import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    run = importlib.import_module(run_module).run
-    hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(report_config_errors(run))()
+    def checked_run(cfg: DictConfig) -> object:
+        if check is not None:
+            check(cfg)
+        return importlib.import_module(run_module).run(cfg)
+
+    users = os.environ.get("HYDRA_FULL_ERROR")  # the user's own setting: hydra's full report
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # composition errors reach us instead of hydra's multi-line report
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(report_config_errors(checked_run))()
+    except (HydraException, OmegaConfBaseException) as err:
+        if users is not None:
+            raise
+        print(f"error: {composition_error_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if users is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from teachers.errors import ConfigError
+from teachers.folders import check_dit_folder
 from teachers.latent import DEFAULT_LATENT_SIGMA_DATA, FrozenVAE, load_scheduler, torch_dtype
 from teachers.vp import VPDenoiser, read_extra
 
-DIT_COMPONENTS = ("transformer", "vae", "scheduler")
 
 DIT_SNIPPET = '''import torch
 from diffusers import DiTPipeline
@@ -26,14 +26,6 @@ pipe = DiTPipeline.from_pretrained(".")  # this folder, or its hub id
 generator = torch.Generator().manual_seed(0)
 images = pipe([0, 1, 2, 3], num_inference_steps={k}, guidance_scale=1.0, generator=generator, output_type="np").images  # classes 0..{last}; NHWC in [0, 1]
 '''
-
-
-def check_dit_folder(path: Path, key: str = "teacher.path") -> None:
-    """Every component a DiTPipeline folder needs (a missing one named), a known scheduler."""
-    missing = [name for name in DIT_COMPONENTS if not (Path(path) / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a DiT folder has {', '.join(DIT_COMPONENTS)}")
-    load_scheduler(path)
 
 
 class DiTDenoiser(FrozenVAE, VPDenoiser):

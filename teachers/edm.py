@@ -18,7 +18,7 @@ from torch import nn
 
 from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma
 from teachers.edm_nets import NETWORKS
-from teachers.io import check_model_folder
+from teachers.folders import check_model_folder
 
 PRECONDS = ("edm", "vp", "ve")  # EDMPrecond, VPPrecond, VEPrecond
 EDM_SAMPLER_RANGE = (0.002, 80.0)  # the sigma range of EDM's sampler (generate.py), clipped to the network's own

@@ -38,8 +38,11 @@ class Family:
         return self._module().load_folder
 
     def check_folder(self, folder: Path, key: str) -> None:
-        """The family's own check of a local folder (every component there, named when missing), no weights read."""
-        self._module().check_folder(folder, key)
+        """The family's own check of a local folder (every component there, named when missing), no weights read and
+        no torch imported (teachers.folders)."""
+        from teachers.folders import FOLDER_CHECKS
+
+        FOLDER_CHECKS[self.name](folder, key)
 
     def _module(self):
         import importlib
@@ -145,7 +148,7 @@ def resolve(path_or_id, key: str = "teacher.path") -> str | Path:
         return folder
     if is_hub_id(resolved):
         return str(resolved)
-    from teachers.io import FOLDER_HINTS
+    from teachers.folders import FOLDER_HINTS
 
     hint = FOLDER_HINTS["student" if "student" in key.lower() else "teacher"]
     raise ConfigError(f"{key}={path_or_id}: no such folder (a hub id is owner/name; a shipped model is zoo:<name>); {hint}")
@@ -157,7 +160,7 @@ def detect(path_or_id, key: str = "teacher.path") -> Family:
     if isinstance(where, Path):
         found = folder_class(where)
         if found is None:  # neither a pipeline nor a model folder: say what a model folder holds
-            from teachers.io import check_model_folder
+            from teachers.folders import check_model_folder
 
             check_model_folder(where, key)
         return family_of_class(found, f"{key}={path_or_id}")
@@ -212,9 +215,10 @@ def load(path_or_id, dtype: str | None = None, key: str = "teacher.path", family
     return model.eval().requires_grad_(False)
 
 
-def sigma_range(path_or_id, family: Family, key: str = "teacher.path") -> tuple[float, float] | None:
+def sigma_range(path_or_id, family: Family, key: str = "teacher.path", vp_tables: bool = True) -> tuple[float, float] | None:
     """(sigma_min, sigma_max) of a teacher of a detected family from its configs alone (no weights); None where they
-    do not say."""
+    do not say. vp_tables=False: a DDPM table's range in float64 without torch (teachers.checks.ddpm_sigma_range), for
+    checks before the heavy imports; None where only diffusers can compute it."""
     where = resolve(path_or_id, key)
     read = (lambda name: where / name if (where / name).is_file() else None) if isinstance(where, Path) else (lambda name: hub_file(where, name, key))
     if family.name in MODEL_FOLDER_FAMILIES:  # the range is in the model's own config.json
@@ -223,7 +227,15 @@ def sigma_range(path_or_id, family: Family, key: str = "teacher.path") -> tuple[
     scheduler = read("scheduler/scheduler_config.json")
     if scheduler is None:
         return None
-    from teachers.vp import sigma_range as vp_range
+    from teachers.checks import ddpm_sigma_range
 
     extra_path = read("distill.json")
+    vp_range = vp_table_range if vp_tables else ddpm_sigma_range
     return vp_range(read_json(scheduler, "scheduler config"), read_json(extra_path, "distill.json") if extra_path else {})
+
+
+def vp_table_range(scheduler: dict, extra: dict) -> tuple[float, float]:
+    """teachers.vp.sigma_range: the float32 DDPM table the adapter runs on (imports torch and diffusers)."""
+    from teachers.vp import sigma_range
+
+    return sigma_range(scheduler, extra)

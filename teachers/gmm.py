@@ -7,9 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from teachers.base import Teacher, expand_sigma
-from teachers.errors import ConfigError
-
-WEIGHT_SUM_TOL = 1e-6
+from teachers.checks import mixture_lists
 
 
 @dataclass(frozen=True)
@@ -50,43 +48,8 @@ class GaussianMixture:
 
 def mixture_from_lists(means, stds, weights) -> GaussianMixture:
     """Validate plain lists (from a config or the command line) and build the mixture."""
-    for key, value in (("data.means", means), ("data.stds", stds), ("data.weights", weights)):
-        if not _is_seq(value):
-            raise ConfigError(f"{key}={value} must be a list")
-    if not means:
-        raise ConfigError("data.means is empty; give at least one point, e.g. data.means=[[0,0]]")
-    if not all(_is_seq(m) for m in means):
-        raise ConfigError(f"data.means={list(means)} must be a list of points (lists of numbers), e.g. [[0,0],[1,1]]")
-    means = [_numbers(m, "data.means") for m in means]
-    dims = sorted({len(m) for m in means})
-    if len(dims) != 1 or dims[0] == 0:
-        raise ConfigError(f"data.means has points of dimensions {dims}; every point must have the same dimension >= 1")
-    stds, weights = _numbers(stds, "data.stds"), _numbers(weights, "data.weights")
-    for key, values in (("data.stds", stds), ("data.weights", weights)):
-        if len(values) != len(means):
-            raise ConfigError(f"{key} has {len(values)} entries but data.means has {len(means)} modes; give one per mode")
-    bad_std = [s for s in stds if not (s > 0 and math.isfinite(s))]
-    if bad_std:
-        raise ConfigError(f"data.stds contains {bad_std[0]}; every std must be a finite number > 0")
-    bad_weight = [w for w in weights if not (w >= 0 and math.isfinite(w))]
-    if bad_weight:
-        raise ConfigError(f"data.weights contains {bad_weight[0]}; every weight must be a finite number >= 0")
-    if abs(sum(weights) - 1) > WEIGHT_SUM_TOL:
-        raise ConfigError(f"data.weights sum to {sum(weights):.6g}; they must sum to 1 (within {WEIGHT_SUM_TOL})")
-    if not all(math.isfinite(x) for m in means for x in m):
-        raise ConfigError("data.means contains a non-finite number; every coordinate must be finite")
+    means, stds, weights = mixture_lists(means, stds, weights)
     return GaussianMixture(torch.tensor(means), torch.tensor(stds), torch.tensor(weights))
-
-
-def _numbers(values, key: str) -> list[float]:
-    try:
-        return [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} contains {list(values)}; only numbers are allowed") from None
-
-
-def _is_seq(value) -> bool:
-    return hasattr(value, "__len__") and not isinstance(value, str)
 
 
 class GMMDenoiser(Teacher):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import shutil
@@ -13,9 +12,6 @@ import torch
 
 from teachers.errors import ConfigError
 
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
-PICKLE_FILE = "diffusion_pytorch_model.bin"
 
 
 def safe_torch_load(path: Path) -> dict:
@@ -62,36 +58,6 @@ def write_folder_atomic(path: Path, write: Callable[[Path], object], keep_existi
 def save_pretrained_atomic(model, path: Path) -> Path:
     """save_pretrained (config.json + safetensors), written atomically."""
     return write_folder_atomic(path, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
-
-
-FOLDER_HINTS = {  # what to do about a bad model folder
-    "teacher": "train one with `python -m teachers.train`, convert an NVlabs EDM pickle with `distill-convert`, or set "
-               "teacher.path=null to train it inside the run",
-    "student": "give the student/ folder that `python -m distill` exports into its run dir",
-}
-
-
-def check_model_folder(path: Path, key: str = "teacher.path", pipeline: bool = False) -> None:
-    """A model folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline's are in unet/,
-    beside scheduler/. key names the setting that gave the path (an exported student has the same layout)."""
-    model_dir = path / "unet" if pipeline else path
-    has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
-    expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
-    if pipeline:
-        expected += (("scheduler/scheduler_config.json", (path / "scheduler" / "scheduler_config.json").is_file()),)
-    missing = [str((model_dir / f).relative_to(path)) if "/" not in f else f for f, ok in expected if not ok]
-    if missing:
-        what = "student" if "student" in key.lower() else "teacher"
-        raise ConfigError(f"{key}={path} is not a {what} folder (missing {', '.join(missing)}); {FOLDER_HINTS[what]}")
-    read_model_config(model_dir)
-
-
-def read_model_config(path: Path) -> dict:
-    """config.json of a model folder, with a clear error when it is not valid json."""
-    try:
-        return json.loads((Path(path) / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
 
 
 def denoiser_digest(denoiser: torch.nn.Module) -> str:

@@ -16,23 +16,17 @@ import torch
 
 from teachers.errors import ConfigError
 from teachers.families import read_json
+from teachers.folders import DISCRETE_SCHEDULERS, check_pipeline_folder
 from teachers.unet import DiffusersUNetParts
-from teachers.vp import PREDICTION_TYPES, VPDenoiser, read_extra
+from teachers.vp import VPDenoiser, read_extra
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")  # what a Stable Diffusion pipeline folder holds
-# Schedulers whose config is a DDPM beta schedule (their alphas_cumprod is the training schedule's).
-DISCRETE_SCHEDULERS = (
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler",
-    "UniPCMultistepScheduler", "LCMScheduler", "KDPM2DiscreteScheduler", "DEISMultistepScheduler", "TCDScheduler",
-)
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_LATENT_SIGMA_DATA = 1.0  # scaled SD latents have about unit variance (that is what scaling_factor is for)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # teachers.checks.DTYPE_NAMES
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
@@ -42,43 +36,6 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
     if name not in DTYPES:
         raise ConfigError(f"teacher.dtype={name}; allowed: {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def check_config(teacher, data) -> None:
-    """teacher=sd's own settings, before any work: the data has prompts, a pipeline is given, the dtype is known."""
-    if data.get("prompts") is None:
-        raise ConfigError(f"teacher=sd is text-to-image but data={data.name} has no prompts; use data=mnist_sd, data=prompts "
-                          "or set data.prompts")
-    if teacher.path is None:
-        raise ConfigError("teacher=sd needs teacher.path (a Stable Diffusion pipeline folder, zoo:mnist_sd or a hub id); "
-                          "train the miniature one with `python -m teachers.train data=mnist teacher=sd_mini`")
-    torch_dtype(teacher.get("dtype"))
-
-
-def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tuple[str, ...] = COMPONENTS,
-                          addition_embed_type: str | None = None, what: str = "Stable Diffusion") -> None:
-    """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
-    not know, and a UNet whose extra conditioning (addition_embed_type) is not the family's, are refused before any
-    work."""
-    path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
-    missing = [name for name in components if not (path / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} "
-                          f"folder has {', '.join(components)}")
-    scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
-    name = scheduler.get("_class_name")
-    if name not in DISCRETE_SCHEDULERS:
-        raise ConfigError(f"{key}={path}: scheduler {name} is not one the adapter knows (it reads a DDPM beta schedule); "
-                          f"known: {', '.join(DISCRETE_SCHEDULERS)}")
-    prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in PREDICTION_TYPES:
-        raise ConfigError(f"{key}={path}: scheduler prediction_type={prediction}; allowed: {', '.join(PREDICTION_TYPES)}")
-    unet = read_json(path / "unet" / "config.json", "UNet config")
-    if unet.get("addition_embed_type") != addition_embed_type:
-        raise ConfigError(f"{key}={path}: the UNet's addition_embed_type={unet.get('addition_embed_type')} is not the "
-                          f"{what} family's ({addition_embed_type}): it needs conditioning this adapter does not supply")
 
 
 class FrozenVAE:

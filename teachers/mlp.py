@@ -13,7 +13,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from teachers.base import ConfigSigmas, Teacher, edm_precond, expand_sigma, sinusoidal_embedding
-from teachers.io import check_model_folder
+from teachers.folders import check_model_folder
 
 
 class MLPDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
@@ -75,7 +75,8 @@ class MLPDenoiser(ConfigSigmas, Teacher, ModelMixin, ConfigMixin):
 
 def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> MLPDenoiser:
     """The MLP of a model folder: safetensors, or a tensors-only .bin (never a pickle that runs code)."""
-    from teachers.io import PICKLE_FILE, SAFETENSORS_FILE, safe_torch_load
+    from teachers.folders import PICKLE_FILE, SAFETENSORS_FILE
+    from teachers.io import safe_torch_load
 
     check_folder(folder, key)
     if (folder / SAFETENSORS_FILE).is_file():

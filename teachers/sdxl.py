@@ -14,13 +14,11 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.latent import (COMPONENTS, TEXT_PARTS, LatentDenoiser, check_pipeline_folder, load_pipeline_parts, load_scheduler,
-                             torch_dtype)
+from teachers.folders import check_sdxl_folder
+from teachers.latent import TEXT_PARTS, LatentDenoiser, load_pipeline_parts, load_scheduler, torch_dtype
 from teachers.vp import read_extra
 
-SDXL_COMPONENTS = COMPONENTS + ("tokenizer_2", "text_encoder_2")
 SDXL_TEXT_PARTS = TEXT_PARTS + (("text_encoder_2", "CLIPTextModelWithProjection"), ("tokenizer_2", "CLIPTokenizer"))
-TIME_EMBEDDING = "text_time"  # the UNet's addition_embed_type: pooled text embedding + size/crop time ids
 
 SDXL_SNIPPET = '''import torch
 from diffusers import StableDiffusionXLPipeline
@@ -32,9 +30,7 @@ images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=ge
 '''
 
 
-def check_folder(path: Path, key: str = "teacher.path") -> None:
-    """An SDXL folder: both text encoders and tokenizers, and a UNet that takes `text_time` conditioning."""
-    check_pipeline_folder(path, key, SDXL_COMPONENTS, TIME_EMBEDDING, what="Stable Diffusion XL")
+check_folder = check_sdxl_folder  # the family's folder check (teachers.families)
 
 
 class SDXLDenoiser(LatentDenoiser):

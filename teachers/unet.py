@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import nn
 
+from teachers.folders import check_unet_folder
 from teachers.errors import ConfigError
 from teachers.vp import VPDenoiser, read_extra
 
@@ -128,8 +129,4 @@ def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path
     return UNetDenoiser.from_pretrained(folder)
 
 
-def check_folder(folder: Path, key: str = "teacher.path") -> None:
-    """unet/ (config and weights) and the scheduler config are there."""
-    from teachers.io import check_model_folder
-
-    check_model_folder(folder, key, pipeline=True)
+check_folder = check_unet_folder  # the family's folder check (teachers.families)

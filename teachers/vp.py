@@ -16,8 +16,8 @@ from torch import nn
 
 from teachers.base import Teacher, expand_sigma
 from teachers.errors import ConfigError
+from teachers.folders import PREDICTION_TYPES
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 EXTRA_FILE = "distill.json"  # sigma_data, sigma_max, null_class: what a scheduler config does not say
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                  "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")

@@ -13,7 +13,7 @@ from teachers.conditions import Conditions, class_conditions, read_prompt_file
 from teachers.errors import ConfigError
 from teachers.guidance import GuidedDenoiser
 import teachers
-from teachers.latent import check_pipeline_folder
+from teachers.folders import check_pipeline_folder
 
 
 def prompts_cond(denoiser, prompts):

@@ -7,7 +7,8 @@ import torch
 
 from teachers.errors import ConfigError
 import teachers
-from teachers.io import PICKLE_FILE, safe_torch_load, save_pretrained_atomic
+from teachers.folders import PICKLE_FILE
+from teachers.io import safe_torch_load, save_pretrained_atomic
 from teachers.mlp import MLPDenoiser
 
 

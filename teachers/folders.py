@@ -1,0 +1,111 @@
+"""What a family's folder must hold, checked from its files alone: no torch, no weights read. The entry points run
+these before their heavy imports (issue 38); each family's module names its check as `check_folder`, and
+teachers.families.Family.check_folder calls it from here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from teachers.errors import ConfigError
+from teachers.families import read_json
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
+PICKLE_FILE = "diffusion_pytorch_model.bin"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what a VP network may predict (teachers.vp)
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")  # what a Stable Diffusion pipeline folder holds
+# Schedulers whose config is a DDPM beta schedule (their alphas_cumprod is the training schedule's).
+DISCRETE_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler",
+    "UniPCMultistepScheduler", "LCMScheduler", "KDPM2DiscreteScheduler", "DEISMultistepScheduler", "TCDScheduler",
+)
+DIT_COMPONENTS = ("transformer", "vae", "scheduler")
+SDXL_COMPONENTS = COMPONENTS + ("tokenizer_2", "text_encoder_2")
+TIME_EMBEDDING = "text_time"  # SDXL's addition_embed_type: pooled text embedding + size/crop time ids
+
+
+FOLDER_HINTS = {  # what to do about a bad model folder
+    "teacher": "train one with `python -m teachers.train`, convert an NVlabs EDM pickle with `distill-convert`, or set "
+               "teacher.path=null to train it inside the run",
+    "student": "give the student/ folder that `python -m distill` exports into its run dir",
+}
+
+
+def check_model_folder(path: Path, key: str = "teacher.path", pipeline: bool = False) -> None:
+    """A model folder has config.json and its weights (safetensors, or a tensors-only .bin); a pipeline's are in unet/,
+    beside scheduler/. key names the setting that gave the path (an exported student has the same layout)."""
+    model_dir = path / "unet" if pipeline else path
+    has_weights = (model_dir / SAFETENSORS_FILE).is_file() or (model_dir / PICKLE_FILE).is_file()
+    expected = ((CONFIG_FILE, (model_dir / CONFIG_FILE).is_file()), (SAFETENSORS_FILE, has_weights))
+    if pipeline:
+        expected += (("scheduler/scheduler_config.json", (path / "scheduler" / "scheduler_config.json").is_file()),)
+    missing = [str((model_dir / f).relative_to(path)) if "/" not in f else f for f, ok in expected if not ok]
+    if missing:
+        what = "student" if "student" in key.lower() else "teacher"
+        raise ConfigError(f"{key}={path} is not a {what} folder (missing {', '.join(missing)}); {FOLDER_HINTS[what]}")
+    read_model_config(model_dir)
+
+
+def read_model_config(path: Path) -> dict:
+    """config.json of a model folder, with a clear error when it is not valid json."""
+    try:
+        return json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
+
+
+def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tuple[str, ...] = COMPONENTS,
+                          addition_embed_type: str | None = None, what: str = "Stable Diffusion") -> None:
+    """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
+    not know, and a UNet whose extra conditioning (addition_embed_type) is not the family's, are refused before any
+    work."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
+    missing = [name for name in components if not (path / name).is_dir()]
+    if missing:
+        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} "
+                          f"folder has {', '.join(components)}")
+    scheduler = check_scheduler(path, key)
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ConfigError(f"{key}={path}: scheduler prediction_type={prediction}; allowed: {', '.join(PREDICTION_TYPES)}")
+    unet = read_json(path / "unet" / "config.json", "UNet config")
+    if unet.get("addition_embed_type") != addition_embed_type:
+        raise ConfigError(f"{key}={path}: the UNet's addition_embed_type={unet.get('addition_embed_type')} is not the "
+                          f"{what} family's ({addition_embed_type}): it needs conditioning this adapter does not supply")
+
+
+def check_scheduler(path: Path, key: str) -> dict:
+    """The pipeline's scheduler config names a scheduler with a DDPM beta schedule the adapter reads."""
+    scheduler = read_json(Path(path) / "scheduler" / "scheduler_config.json", "scheduler config")
+    name = scheduler.get("_class_name", "DDPMScheduler")
+    if name not in DISCRETE_SCHEDULERS:
+        raise ConfigError(f"{key}={path}: scheduler {name} is not one the adapter knows (it reads a DDPM beta schedule); "
+                          f"known: {', '.join(DISCRETE_SCHEDULERS)}")
+    return scheduler
+
+
+def check_unet_folder(folder: Path, key: str = "teacher.path") -> None:
+    """A DDPMPipeline folder: unet/ (config and weights) and the scheduler config are there."""
+    check_model_folder(folder, key, pipeline=True)
+
+
+def check_dit_folder(path: Path, key: str = "teacher.path") -> None:
+    """Every component a DiTPipeline folder needs (a missing one named), a known scheduler."""
+    missing = [name for name in DIT_COMPONENTS if not (Path(path) / name).is_dir()]
+    if missing:
+        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a DiT folder has {', '.join(DIT_COMPONENTS)}")
+    check_scheduler(path, key)
+
+
+def check_sdxl_folder(path: Path, key: str = "teacher.path") -> None:
+    """An SDXL folder: both text encoders and tokenizers, and a UNet that takes `text_time` conditioning."""
+    check_pipeline_folder(path, key, SDXL_COMPONENTS, TIME_EMBEDDING, what="Stable Diffusion XL")
+
+
+FOLDER_CHECKS = {  # family name -> its folder check (teachers.families)
+    "mlp": check_model_folder, "edm": check_model_folder, "unet": check_unet_folder, "sd": check_pipeline_folder,
+    "dit": check_dit_folder, "sdxl": check_sdxl_folder,
+}
