@@ -10,11 +10,8 @@ from teachers import families
 from teachers.checks import LOSS_WEIGHTINGS, check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, mixture_lists
 from teachers.errors import ConfigError
 from teachers.families import Family
+from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, REGRESSION_DISTANCES, SAMPLER_NAMES
 
-REAL_SCORES = ("network", "analytic")
-MIXED_PRECISIONS = ("no", "bf16", "fp16")
-REGRESSION_DISTANCES = ("l2", "pseudo_huber")
-SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m")  # eval.samplers.SAMPLERS (tests/test_configs.py checks they agree)
 
 
 POSITIVE_INT_TRAIN_KEYS = (
@@ -203,14 +200,13 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
         _is_int(train.max_consecutive_skips) and train.max_consecutive_skips >= 1,
         f"train.max_consecutive_skips={train.max_consecutive_skips}; it must be an integer >= 1",
     )
-    precision = train.get("mixed_precision", "no")
+    precision = train.mixed_precision
     _require(precision in MIXED_PRECISIONS, f"train.mixed_precision={precision}; allowed: {', '.join(MIXED_PRECISIONS)}")
     if precision == "fp16":
         import torch
 
         _require(torch.cuda.is_available(), "train.mixed_precision=fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or no")
-    _require(isinstance(train.get("gradient_checkpointing", False), bool),
-             f"train.gradient_checkpointing={train.get('gradient_checkpointing')}; use true or false")
+    _require(isinstance(train.gradient_checkpointing, bool), f"train.gradient_checkpointing={train.gradient_checkpointing}; use true or false")
     for key in ("resume_from", "init_from"):
         if train.get(key) is not None:
             from distill.checkpoint import CorruptCheckpoint, verify
@@ -246,7 +242,7 @@ def check_optim(optim: DictConfig) -> None:
     _require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
              f"optim.betas={betas}; it must be two numbers in [0, 1)")
     _require(_is_number(optim.weight_decay) and optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}; it must be a number >= 0")
-    _require(isinstance(optim.get("fused", False), bool), f"optim.fused={optim.get('fused')}; use true or false")
+    _require(isinstance(optim.fused, bool), f"optim.fused={optim.fused}; use true or false")
     _require(optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule={optim.lr_schedule}; allowed: {', '.join(LR_SCHEDULES)}")
     _require(_is_number(optim.min_lr_ratio) and 0 <= optim.min_lr_ratio <= 1,
              f"optim.min_lr_ratio={optim.min_lr_ratio}; it must be a number in [0, 1]")
@@ -260,7 +256,7 @@ def check_eval(eval_cfg: DictConfig, kind: str) -> None:
     else:
         _require("reference_split" in eval_cfg, "image data needs image evaluation: add eval=fid")
         _check_positive(eval_cfg, "eval", ("num_samples", "batch_size"))
-        _require(eval_cfg.reference_split in ("train", "test"), f"eval.reference_split={eval_cfg.reference_split}; allowed: train, test")
+        _require(eval_cfg.reference_split in REFERENCE_SPLITS, f"eval.reference_split={eval_cfg.reference_split}; allowed: {', '.join(REFERENCE_SPLITS)}")
         _require(len(eval_cfg.teacher_samplers) > 0, "eval.teacher_samplers is empty; FID is measured against the teacher's full sampler")
     for spec in eval_cfg.teacher_samplers:
         _require(spec.name in SAMPLER_NAMES, f"eval.teacher_samplers name={spec.name}; allowed: {', '.join(SAMPLER_NAMES)}")
@@ -284,7 +280,7 @@ def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     checked by validate, after them."""
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
-    kind = cfg.data.get("kind", "toy")
+    kind = cfg.data.kind
     trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") in ("mlp", "unet")  # latent teachers are never trained in the run
     if cfg.loss.guidance_scale != 1 and trained_here and not cfg.teacher.get("net", {}).get("class_conditional"):
         raise ConfigError(f"loss.guidance_scale={cfg.loss.guidance_scale} needs a class-conditional teacher; "
@@ -317,6 +313,6 @@ def validate(cfg: DictConfig):
     from teachers.gmm import mixture_from_lists
 
     family = check(cfg)
-    if cfg.data.get("kind", "toy") != "image":
+    if cfg.data.kind != "image":
         return ToyTask(mixture_from_lists(cfg.data.means, cfg.data.stds, cfg.data.weights))
     return LatentTask(cfg.data) if family.latent else ImageTask(cfg.data)

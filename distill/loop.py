@@ -14,10 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from distill.checkpoint import CorruptCheckpoint, latest_loadable, load_checkpoint
-from distill.config import validate
+from distill.config import uses_gan, validate
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.fake_score import build_step_embedding
-from distill.config import uses_gan
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
 from distill.lora import add_lora
@@ -69,7 +68,7 @@ def setup_pairs(cfg: DictConfig, teacher, run_dir: Path, accelerator: Accelerato
 def make_optimizer(params, lr: float, optim: DictConfig) -> torch.optim.Optimizer:
     """AdamW with the configured betas and weight decay; optim.fused: torch's fused kernel (one pass over all
     parameters) instead of its default (a per-parameter loop on the CPU, foreach on CUDA)."""
-    fused = True if optim.get("fused", False) else None
+    fused = True if optim.fused else None
     return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, fused=fused)
 
 
@@ -304,7 +303,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     task = validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(run_dir, cfg.deterministic, cfg.train.get("mixed_precision", "no"))
+    accelerator = make_accelerator(run_dir, cfg.deterministic, cfg.train.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -317,7 +316,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=uses_gan(cfg.loss), seed=cfg.seed, fake_steps=fake_steps,
-                        lora=cfg.get("lora"), gradient_checkpointing=cfg.train.get("gradient_checkpointing", False))  # fails early
+                        lora=cfg.get("lora"), gradient_checkpointing=cfg.train.gradient_checkpointing)  # fails early
     pairs = setup_pairs(cfg, real, run_dir, accelerator, conditions)  # ODE pairs of the real score the student matches (guided, or exact)
     real_data, real_conditions = task.real_data(cfg, teacher, device, conditions) if uses_gan(cfg.loss) else (None, None)
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went

@@ -10,10 +10,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from teachers.errors import ConfigError, TrainingStopped
+from teachers.schema import register
 
 # The hydra configs ship inside the `distill` package (package data), so an installed wheel finds them from any
 # directory; the repository's top-level `configs` is a link to them.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "distill" / "configs"
+register()  # their schema (teachers.schema) is in hydra's ConfigStore wherever they are composed
 
 
 def user_config_dirs(argv: list[str]) -> list[Path]:

@@ -124,7 +124,7 @@ def load_prompts(prompts_cfg, part: str) -> tuple[list[str], list[int] | None]:
     if source == "hub":
         from datasets import load_dataset
 
-        split = prompts_cfg.split if part == "train" else prompts_cfg.get("eval_split", prompts_cfg.split)
+        split = prompts_cfg.split if part == "train" else prompts_cfg.get("eval_split") or prompts_cfg.split
         data = load_dataset(prompts_cfg.name, split=split)
         key = prompts_cfg.caption_key
         if key not in data.column_names:

@@ -103,12 +103,58 @@ def test_unknown_preset_names_the_allowed_ones():
         ("teacher.real=exactish", "allowed: network, analytic"),
         ("eval.teacher_samplers=[{name:dpm,num_steps:4}]", "name=dpm"),
         ("train.ema_decay=1.5", "train.ema_decay=1.5"),
-        ("train.max_minutes=0", "train.max_minutes=0; use null or a number > 0"),
-        ("loss.sigma.min=100", "loss.sigma.min=100 is outside the teacher's sigma range"),
-        ("optim.fused=maybe", "optim.fused=maybe; use true or false"),
+        ("train.max_minutes=0", "train.max_minutes=0.0; use null or a number > 0"),
+        ("loss.sigma.min=100", "loss.sigma.min=100.0 is outside the teacher's sigma range"),
     ],
 )
 def test_bad_values_are_named(override, message):
     cfg = compose_config("train", [override, "run_dir=unused"])
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.fused=maybe", "optim.fused=maybe; Value 'maybe' is not a valid bool"),
+    ("train.max_steps=many", "train.max_steps=many; Value 'many' of type 'str' could not be converted to Integer"),
+    ("train.no_such_key=1", "Could not override 'train.no_such_key'"),
+    ("loss.dmd_wieght=1", "Key 'dmd_wieght' not in 'LossConfig'"),
+])
+def test_the_schema_refuses_wrong_types_and_unknown_keys_in_one_line(override, message, tmp_path, monkeypatch, capsys):
+    """Refused by hydra while it composes, against teachers/schema.py; one line, exit 2, no run directory."""
+    from conftest import run_cli
+    from distill.__main__ import main
+
+    code = run_cli(main, ["experiment=toy_gmm", override, f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+REFERENCE_FILES = {  # the option of each group that restates its schema's defaults, with the reasons for them in comments
+    "optim/adamw.yaml": "OptimConfig", "loss/dmd_regression.yaml": "LossConfig", "eval/toy.yaml": "ToyEvalConfig",
+    "eval/fid.yaml": "FidEvalConfig", "teacher/mlp.yaml": "MlpTeacher", "teacher/unet.yaml": "UnetTeacher",
+    "student/one_step.yaml": "StudentConfig",
+}
+
+
+@pytest.mark.parametrize(("path", "schema"), REFERENCE_FILES.items())
+def test_reference_options_restate_their_schema_defaults(path, schema):
+    """Defaults live in teachers/schema.py; a group's reference YAML may restate them beside their reasons, never differ."""
+    from omegaconf import OmegaConf
+
+    import teachers.schema
+    from teachers.cli import CONFIG_DIR
+
+    written = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / path))
+    written.pop("defaults")
+    defaults = OmegaConf.to_container(OmegaConf.structured(getattr(teachers.schema, schema)))
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    differ = {k: (v, dict(leaves(defaults)).get(k)) for k, v in leaves(written) if v != dict(leaves(defaults)).get(k)}
+    assert not differ, differ

@@ -68,7 +68,7 @@ def test_an_exported_dit_student_runs_in_stock_diffusers(tmp_path):
 
 
 def test_teacher_dit_validates_and_a_tiny_run_writes_its_outputs(dit_folder, tmp_path):
-    overrides = ["experiment=mnist_dmd2", "teacher=dit", f"teacher.path={dit_folder}", "+data.pad=2", "eval.center_crop=28",
+    overrides = ["experiment=mnist_dmd2", "teacher=dit", f"teacher.path={dit_folder}", "data.pad=2", "eval.center_crop=28",
                  "debug=cpu_tiny_sd", "eval.second_classifier=null", "eval.num_samples=32", "eval.quality_figures=false",
                  "eval.cross_check=false", f"eval.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"]
     metrics = run(compose_config("train", overrides))

@@ -20,7 +20,7 @@ TOY = ["experiment=toy_gmm", "debug=cpu_tiny"]
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["loss.gan_sigma.max=100"], r"loss.gan_sigma.max=100 is outside the teacher's sigma range \[0.002, 80\]"),
+    (["loss.gan_sigma.max=100"], r"loss.gan_sigma.max=100.0 is outside the teacher's sigma range \[0.002, 80\]"),
     (["loss.sigma.min=0.0001"], r"loss.sigma.min=0.0001 is outside the teacher's sigma range \[0.002, 80\]"),
     (["loss.fake_sigma.max=81.0"], r"loss.fake_sigma.max=81.0 is outside"),
     (["student.sigmas=[120.0]"], r"student.sigmas=\[120.0\]: 120.0 is outside the teacher's sigma range \[0.002, 80\]"),

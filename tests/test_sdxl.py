@@ -131,7 +131,7 @@ def sdxl_recipe(name, teacher, run_dir, *extra):
 
 def captioned(folder, prompts):
     """data=prompts on the captioned digits (grey, padded to the VAE's 32 px as the miniature's data)."""
-    return [f"data.prompts.path={prompts}", f"data.path={folder}", "data.mode=L", "+data.pad=2", "data.test_fraction=0.5"]
+    return [f"data.prompts.path={prompts}", f"data.path={folder}", "data.mode=L", "data.pad=2", "data.test_fraction=0.5"]
 
 
 @pytest.mark.parametrize("name, steps", [("sdxl_dmd2", 1), ("sdxl_dmd2_4step", 4)])
