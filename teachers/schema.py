@@ -236,6 +236,8 @@ class MlpNet:
 
 @dataclass
 class MlpFit:
+    """EDM training of the toy MLP (teachers.fit): ln(sigma) ~ N(p_mean, p_std^2), EDM Table 1."""
+
     max_steps: int = 3000
     batch_size: int = 512
     lr: float = 2.0e-3
@@ -270,14 +272,13 @@ class DdpmSchedule:
 
 
 @dataclass
-class UnetFit:
+class UnetFit(MlpFit):
+    """EDM training of a pixel UNet (teachers.fit); class-conditional ones drop labels for CFG."""
+
     max_steps: int = 5000
     batch_size: int = 64
-    lr: float = 2.0e-3
-    p_mean: float = -1.2
     p_std: float = 1.2
-    ema_decay: float = 0.999
-    label_dropout: float = 0.1
+    label_dropout: float = 0.1  # the share of labels replaced by the null class
 
 
 @dataclass
