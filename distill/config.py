@@ -215,13 +215,6 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
                 verify(Path(train[key]))
             except CorruptCheckpoint as err:
                 raise ConfigError(f"train.{key}={train[key]} cannot be loaded: {err}") from None
-    if train.resume_from is not None:
-        from distill.checkpoint import CorruptCheckpoint, verify
-
-        try:
-            verify(Path(train.resume_from))
-        except CorruptCheckpoint as err:
-            raise ConfigError(f"train.resume_from={train.resume_from} cannot be resumed: {err}") from None
 
 
 def check_lora(lora: DictConfig | None) -> None:

@@ -77,10 +77,12 @@ def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tup
                           f"{what} family's ({addition_embed_type}): it needs conditioning this adapter does not supply")
 
 
-def check_scheduler(path: Path, key: str) -> dict:
-    """The pipeline's scheduler config names a scheduler with a DDPM beta schedule the adapter reads."""
+def check_scheduler(path: Path, key: str, unnamed: str | None = None) -> dict:
+    """The pipeline's scheduler config names a scheduler with a DDPM beta schedule the adapter reads; `unnamed` is the
+    class taken when the config names none (DiT folders: DDPMScheduler, as teachers.latent.load_scheduler reads them;
+    a Stable Diffusion folder without a class is refused)."""
     scheduler = read_json(Path(path) / "scheduler" / "scheduler_config.json", "scheduler config")
-    name = scheduler.get("_class_name", "DDPMScheduler")
+    name = scheduler.get("_class_name", unnamed)
     if name not in DISCRETE_SCHEDULERS:
         raise ConfigError(f"{key}={path}: scheduler {name} is not one the adapter knows (it reads a DDPM beta schedule); "
                           f"known: {', '.join(DISCRETE_SCHEDULERS)}")
@@ -97,7 +99,7 @@ def check_dit_folder(path: Path, key: str = "teacher.path") -> None:
     missing = [name for name in DIT_COMPONENTS if not (Path(path) / name).is_dir()]
     if missing:
         raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a DiT folder has {', '.join(DIT_COMPONENTS)}")
-    check_scheduler(path, key)
+    check_scheduler(path, key, unnamed="DDPMScheduler")
 
 
 def check_sdxl_folder(path: Path, key: str = "teacher.path") -> None:

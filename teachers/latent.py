@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from teachers.checks import check_dtype
 from teachers.errors import ConfigError
 from teachers.families import read_json
 from teachers.folders import DISCRETE_SCHEDULERS, check_pipeline_folder
@@ -31,11 +32,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
     """teacher.dtype as a torch dtype (None: as stored)."""
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise ConfigError(f"teacher.dtype={name}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
+    check_dtype(name)
+    return None if name is None else DTYPES[name]
 
 
 class FrozenVAE:

@@ -125,6 +125,10 @@ def test_unsupported_families_and_unknown_schedulers_are_refused(tiny_sd_folder,
     (flow / "scheduler" / "scheduler_config.json").write_text(json.dumps(config | {"_class_name": "FlowMatchEulerDiscreteScheduler"}))
     with pytest.raises(ConfigError, match="FlowMatchEulerDiscreteScheduler is not one the adapter knows"):
         check_pipeline_folder(flow)
+    config.pop("_class_name")  # a Stable Diffusion folder's scheduler must say which it is
+    (flow / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="scheduler None is not one the adapter knows"):
+        check_pipeline_folder(flow)
 
 
 def test_long_prompts_are_truncated_with_one_warning(caplog):
