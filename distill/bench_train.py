@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from distill.config import uses_gan
-from distill.loop import Prepared, distill_step, prepare
+from distill.build import Prepared, prepare
+from distill.gan import frozen
+from distill.steps import distill_step
+from distill.terms import combined_needs
 from teachers.base import expand_sigma
 from teachers.cli import CONFIG_DIR
 
-PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step", "mnist_sd_dmd2")
+PRESETS = ("toy_gmm", "mnist", "mnist_dmd2_fast", "mnist_dmd2_4step", "mnist_sd_dmd2", "mnist_sid")
 STEP = "whole step"
 # The pairs only feed the regression batch: a few, cheaply made, do not change a step's cost.
 SETUP = ["loss.pairs.num_pairs=512", "loss.pairs.num_steps=2", "train.ema_decay=0.99"]
@@ -72,7 +74,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, device: t
 def step_fn(p: Prepared) -> Callable[[], None]:
     """One step as the loop runs it: distill_step, then the EMA."""
     def step():
-        distill_step(p.ctx, p.guard, p.counters)
+        distill_step(p.distiller, p.guard, p.counters)
         if p.state.ema is not None:
             p.state.ema.step(p.state.student.parameters())
     return step
@@ -85,31 +87,35 @@ def backward(output: torch.Tensor) -> None:
 
 def parts(p: Prepared) -> list[Part]:
     """The parts of a step on the run's own networks and batch, each with its count per step."""
-    ctx, cfg_train, loss, state = p.ctx, p.ctx.train, p.ctx.loss, p.state
-    n, m = cfg_train.batch_size, cfg_train.regression_batch_size if loss.regression_weight > 0 else 0
-    n_fake = cfg_train.num_fake_steps_per_student_step if loss.dmd_weight > 0 or uses_gan(loss) else 0
-    fresh = n_fake - (1 if cfg_train.reuse_student_samples and n_fake else 0)  # fake updates that draw G(z) anew
-    student, critic, real, gen = state.student, p.ctx.critic, ctx.real, p.plain_generator
-    z, cond, steps = ctx.draw_z(n + m), ctx.draw_cond(n + m), ctx.draw_steps(n + m)
+    d, state, s = p.distiller, p.state, p.distiller.settings
+    needs = combined_needs(d.student_terms)
+    n, m = s.batch_size, s.regression_batch_size if needs.pairs else 0
+    n_fake = s.num_fake_steps_per_student_step if d.trains_fake_score else 0
+    fresh = n_fake - (1 if s.reuse_student_samples and n_fake else 0)  # fake updates that draw G(z) anew
+    student, critic, real, gen, draws = state.student, d.nets.critic, d.nets.real, p.plain_generator, d.draws
+    z, cond, steps = draws.z(n + m), draws.cond(n + m), draws.steps(n + m)
     with torch.no_grad():
         x_in, sigma_in = gen.backward_simulation(z, steps, cond) if steps is not None else (gen.denoiser.student_input(z, gen.sigmas[0]), z.new_full((n + m,), gen.sigmas[0]))
         x = student(x_in[:n], sigma_in[:n], None if cond is None else cond[:n])
     c = None if cond is None else cond[:n]
-    sigma = ctx.sample_sigma(n, None if steps is None else steps[:n])
+    sigma = draws.sigma(n, None if steps is None else steps[:n])
     x_t = x + expand_sigma(sigma, x) * torch.randn_like(x)
     found = [
         Part("student forward (no grad)", lambda: _no_grad(student, x_in[:n], sigma_in[:n], c), fresh),
         Part("student forward + backward", lambda: backward(student(x_in, sigma_in, cond)), 1),
         Part("fake-score forward + backward", lambda: backward(critic(x_t, sigma, c)), n_fake),
-        Part("fake-score optimizer step", ctx.fake_optimizer.step, n_fake),
-        Part("student optimizer step", ctx.student_optimizer.step, 1),
+        Part("fake-score optimizer step", d.fake_optimizer.step, n_fake),
+        Part("student optimizer step", d.student_optimizer.step, 1),
     ]
-    if loss.dmd_weight > 0:
+    if needs.fake and not needs.through_scores:  # DMD: both scores read without gradients
         found += [Part("teacher forward", lambda: _no_grad(real, x_t, sigma, c), 1),
                   Part("fake-score forward", lambda: _no_grad(critic, x_t, sigma, c), 1)]
+    if needs.through_scores:  # SiD: both scores' backward into their inputs (weights frozen)
+        found += [Part("teacher forward + backward to its input", lambda: _input_backward(real, x_t, sigma, c), 1),
+                  Part("fake-score forward + backward to its input", lambda: _input_backward(critic, x_t, sigma, c), 1)]
     if steps is not None:
         found.append(Part("backward simulation", lambda: gen.backward_simulation(z[:n], steps[:n], c), fresh + 1))
-    if uses_gan(loss):
+    if needs.critic:
         pair = torch.cat([x_t, x_t])
         pair_sigma, pair_cond = torch.cat([sigma, sigma]), None if c is None else torch.cat([c, c])
         found += [Part("GAN classifier forward + backward (discriminator)", lambda: backward(critic.logits(pair, pair_sigma, pair_cond)), n_fake),
@@ -117,6 +123,12 @@ def parts(p: Prepared) -> list[Part]:
     if state.ema is not None:
         found.append(Part("EMA update", lambda: state.ema.step(student.parameters()), 1))
     return [part for part in found if part.per_step > 0]
+
+
+def _input_backward(module, x_t: torch.Tensor, sigma, cond) -> None:
+    """A forward and a backward into x_t only, the module's weights frozen (as SiD's student update reads a score)."""
+    with frozen(module):
+        backward(module(x_t.detach().requires_grad_(), sigma, cond))
 
 
 def _no_grad(module, *args):
@@ -142,7 +154,7 @@ def bench_preset(preset: str, extra: list[str], repeats: int, run_dir: Path) -> 
     found = parts(p)
     ms = interleaved_ms({STEP: step_fn(p)} | {part.name: part.fn for part in found}, repeats, device)
     step_ms, timed = ms[STEP], {part.name: {"ms": ms[part.name], "per_step": part.per_step} for part in found}
-    for optimizer in (p.ctx.student_optimizer, p.ctx.fake_optimizer):
+    for optimizer in (p.distiller.student_optimizer, p.distiller.fake_optimizer):
         optimizer.zero_grad(set_to_none=True)  # the parts' gradients are not a training state
     sum_ms = sum(v["ms"] * v["per_step"] for v in timed.values())
     return {"preset": preset, "overrides": extra, "batch_size": cfg.train.batch_size, "fake_steps_per_student_step": cfg.train.num_fake_steps_per_student_step,

@@ -7,10 +7,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.schedule import LR_SCHEDULES
 from teachers import families
-from teachers.checks import LOSS_WEIGHTINGS, check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, mixture_lists
+from teachers.checks import check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, mixture_lists
 from teachers.errors import ConfigError
 from teachers.families import Family
-from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, REGRESSION_DISTANCES, SAMPLER_NAMES
+from distill.terms import Term, build_terms, combined_needs
+from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, SAMPLER_NAMES
 
 
 
@@ -38,9 +39,15 @@ def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> 
         _require(_is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
 
 
+def loss_terms(loss) -> tuple[dict[str, Term], dict[str, Term]]:
+    """The student's and the fake score's terms (loss.student, loss.fake), weight 0 left out."""
+    return build_terms(loss.student, "student"), build_terms(loss.fake, "fake")
+
+
 def uses_gan(loss) -> bool:
-    """Whether loss (the config's loss section) trains DMD2's GAN head."""
-    return loss.gan_generator_weight > 0 or loss.gan_discriminator_weight > 0
+    """Whether loss (the config's loss section) trains a GAN head on the fake score (DMD2, SiDA)."""
+    student, fake = loss_terms(loss)
+    return combined_needs({**student, **fake}).critic
 
 
 def check_teacher(teacher: DictConfig, dim: int) -> Family:
@@ -115,25 +122,27 @@ def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None,
         _require(inside(value), f"student.sigmas={list(cfg.student.sigmas)}: {value} is outside {allowed}")
 
 
+def check_terms(loss: DictConfig) -> None:
+    """Each term's settings (checked as it is built), and that together they train something and meet their needs:
+    a student term reading the fake score needs a fake-score term to train it, and the GAN needs its two sides."""
+    student, fake = loss_terms(loss)
+    names = lambda terms: ", ".join(terms) or "none"  # noqa: E731
+    _require(bool(student), f"loss.student has no term with weight > 0 (configured: {', '.join(loss.student) or 'none'}); "
+                            "the student would not train: give one a weight > 0, or use loss=dmd2, loss=sid, ...")
+    needs, fake_needs = combined_needs(student), combined_needs(fake)
+    if needs.fake:
+        _require(bool(fake), f"loss.student terms {names(student)} read the fake score, but loss.fake has no term with "
+                             "weight > 0 to train it (add loss.fake.denoising, as loss=dmd_regression has)")
+    _require(needs.critic == fake_needs.critic,
+             f"loss.student terms: {names(student)}; loss.fake terms: {names(fake)}; the GAN needs a generator term "
+             "(loss.student.gan_generator) and a classifier term (loss.fake.gan_discriminator) both with weight > 0, or neither")
+
+
 def check_loss(loss: DictConfig) -> None:
-    """Weights, distance and sigma range of the distillation losses."""
-    for key in ("dmd_weight", "regression_weight", "fake_weight", "gan_generator_weight", "gan_discriminator_weight"):
-        _require(_is_number(loss[key]) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0")
-    _require(
-        (loss.gan_generator_weight > 0) == (loss.gan_discriminator_weight > 0),
-        f"loss.gan_generator_weight={loss.gan_generator_weight}, loss.gan_discriminator_weight={loss.gan_discriminator_weight}; "
-        "the GAN needs both > 0 (the student learns from the classifier the discriminator loss trains) or both 0",
-    )
+    """The loss terms, guidance, and the noise ranges and pairs the terms draw from."""
+    check_terms(loss)
     _require(_is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
              f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
-    _require(loss.dmd_weight > 0 or loss.regression_weight > 0 or loss.gan_generator_weight > 0,
-             "loss.dmd_weight, loss.regression_weight and loss.gan_generator_weight are all 0; at least one must be > 0")
-    _require(
-        loss.regression_distance in REGRESSION_DISTANCES,
-        f"loss.regression_distance={loss.regression_distance}; allowed: {', '.join(REGRESSION_DISTANCES)}",
-    )
-    _require(loss.fake_score_weighting in ("auto", *LOSS_WEIGHTINGS),
-             f"loss.fake_score_weighting={loss.fake_score_weighting}; allowed: auto, {', '.join(LOSS_WEIGHTINGS)}")
     for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
         _require(s.min is None or s.max is None or 0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")

@@ -22,9 +22,9 @@ def find_bottleneck(denoiser: nn.Module) -> nn.Module:
     module = denoiser.bottleneck
     if not isinstance(module, nn.Module):
         raise ConfigError(
-            f"loss.gan_generator_weight/gan_discriminator_weight > 0 needs bottleneck features, but "
-            f"{type(denoiser).__name__} has none (supported: UNetDenoiser with a mid block, MLPDenoiser); "
-            "set both GAN weights to 0"
+            f"the GAN terms (loss.student.gan_generator, loss.fake.gan_discriminator) need the fake score's bottleneck "
+            f"features, but {type(denoiser).__name__} has none (supported: UNetDenoiser with a mid block, MLPDenoiser, "
+            "the latent and DiT adapters); leave the GAN terms out (loss=dmd, loss=sid)"
         )
     return module
 
@@ -53,7 +53,7 @@ def bottleneck_features(denoiser: nn.Module, x: torch.Tensor, sigma, cond=None) 
     DMD2's classify mode stops at the bottleneck too). Gradients flow as usual."""
     features = module_output(denoiser, find_bottleneck(denoiser), x, sigma, cond)
     if features is None:
-        raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; set both GAN weights to 0")
+        raise ConfigError(f"{type(denoiser).__name__}.bottleneck produced no tensor features; leave the GAN terms out (loss=dmd, loss=sid)")
     return features.mean(1) if features.ndim == 3 else features  # a transformer's tokens (B, N, D): their mean, (B, D)
 
 

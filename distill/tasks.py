@@ -54,7 +54,7 @@ def no_captions_message(data_cfg) -> str:
     return (f"the GAN's real side of a text-to-image teacher needs captioned images, and data={data_cfg.name} has none: put a "
             f"metadata.jsonl beside the images of data.path (one {{\"file_name\": ..., \"text\": caption}} a line, datasets' "
             "imagefolder format), give a hub dataset with data.caption_key, or use data=mnist_sd; or set "
-            "loss.gan_generator_weight=0 and loss.gan_discriminator_weight=0")
+            "leave the GAN terms out (loss.student.gan_generator=null loss.fake.gan_discriminator=null, or loss=dmd)")
 
 
 class ToyTask:

@@ -17,7 +17,6 @@ from omegaconf import MISSING
 
 REAL_SCORES = ("network", "analytic")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
-REGRESSION_DISTANCES = ("l2", "pseudo_huber")
 SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m")  # eval.samplers.SAMPLERS (tests/test_fast_check.py checks they agree)
 REFERENCE_SPLITS = ("train", "test")
 
@@ -116,15 +115,16 @@ def _follows_sigma(rho: Any = "${..sigma.rho}") -> SigmaRange:
 
 @dataclass
 class LossConfig:
-    dmd_weight: float = 1.0
-    regression_weight: float = 0.25
-    regression_distance: str = "l2"  # REGRESSION_DISTANCES
-    pseudo_huber_c: float = 0.03
-    fake_weight: float = 1.0
-    gan_generator_weight: float = 0.0
-    gan_discriminator_weight: float = 0.0
+    # The loss terms of each side, by name: nodes with a _target_ (a distill.terms class), its weight and settings,
+    # checked when they are built (distill.terms.build_terms). Default: DMD + regression (loss=dmd_regression).
+    student: Dict[str, Any] = field(default_factory=lambda: {
+        "dmd": {"_target_": "distill.terms.DMD", "weight": 1.0},
+        "regression": {"_target_": "distill.terms.Regression", "weight": 0.25, "distance": "l2", "pseudo_huber_c": 0.03},
+    })
+    fake: Dict[str, Any] = field(default_factory=lambda: {
+        "denoising": {"_target_": "distill.terms.Denoising", "weight": 1.0, "weighting": "auto"},
+    })
     guidance_scale: float = 1.0  # CFG on the real score (1: none)
-    fake_score_weighting: str = "auto"  # auto or teachers.checks.LOSS_WEIGHTINGS
     sigma: SigmaRange = field(default_factory=SigmaRange)  # the DMD loss's noise levels
     fake_sigma: SigmaRange = field(default_factory=_follows_sigma)  # the fake score's denoising loss's
     sigma_up_to_student_step: bool = False

@@ -58,7 +58,7 @@ def test_optim_fused_chooses_adamws_kernel(fused):
     import torch
     from omegaconf import OmegaConf
 
-    from distill.loop import make_optimizer
+    from distill.build import make_optimizer
 
     optim = OmegaConf.create({"betas": [0.9, 0.999], "weight_decay": 0.0, "fused": fused})
     param = torch.nn.Parameter(torch.ones(3))

@@ -96,8 +96,8 @@ def test_unknown_preset_names_the_allowed_ones():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("loss.dmd_weight=-1", "loss.dmd_weight=-1"),
-        ("loss.regression_distance=lpips2", "allowed: l2, pseudo_huber"),
+        ("loss.student.dmd.weight=-1", "loss.student.dmd.weight=-1"),
+        ("loss.student.regression.distance=lpips2", "allowed: l2, pseudo_huber"),
         ("student.num_steps=4", "student.num_steps=4"),
         ("train.batch_size=0", "train.batch_size=0"),
         ("teacher.real=exactish", "allowed: network, analytic"),
@@ -117,7 +117,7 @@ def test_bad_values_are_named(override, message):
     ("optim.fused=maybe", "optim.fused=maybe; Value 'maybe' is not a valid bool"),
     ("train.max_steps=many", "train.max_steps=many; Value 'many' of type 'str' could not be converted to Integer"),
     ("train.no_such_key=1", "Could not override 'train.no_such_key'"),
-    ("loss.dmd_wieght=1", "Key 'dmd_wieght' not in 'LossConfig'"),
+    ("loss.guidance_scael=1", "Key 'guidance_scael' not in 'LossConfig'"),
 ])
 def test_the_schema_refuses_wrong_types_and_unknown_keys_in_one_line(override, message, tmp_path, monkeypatch, capsys):
     """Refused by hydra while it composes, against teachers/schema.py; one line, exit 2, no run directory."""

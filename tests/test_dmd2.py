@@ -6,7 +6,6 @@ import math
 import pytest
 from hydra.errors import ConfigCompositionException
 import torch
-from omegaconf import OmegaConf
 from conftest import compose_config, tiny_unet_denoiser
 from diffusers import DDPMScheduler, UNet2DModel
 
@@ -38,7 +37,7 @@ def test_two_time_scale_rule_counts_its_updates_exactly(tmp_path):
     assert {float(v) for k, v in tensors["student_optimizer"].items() if k.endswith(".step")} == {3.0}
 
 
-@pytest.mark.parametrize("gan", [[], ["loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01"]])
+@pytest.mark.parametrize("gan", [[], ["+loss.student.gan_generator={_target_:distill.terms.GanGenerator,weight:0.1}", "+loss.fake.gan_discriminator={_target_:distill.terms.GanDiscriminator,weight:0.01}"]])
 def test_reused_student_samples_save_one_generator_forward_per_update_after_the_first(tmp_path, monkeypatch, gan):
     """train.reuse_student_samples: the first fake update of steps 2.. trains on the last student update's samples."""
     calls = []
@@ -123,16 +122,15 @@ def test_a_given_step_is_the_step_that_trains():
 @pytest.mark.parametrize("up_to_step", [False, True])
 def test_dmd_sigma_up_to_each_samples_student_step(up_to_step):
     """loss.sigma_up_to_student_step: a sample made at step i draws its DMD sigma in [sigma.min, min(s_i, sigma.max)]."""
-    from types import SimpleNamespace
 
-    from distill.loop import StepContext
+    from distill.steps import Draws, StepSampling
 
     sigma = {"min": 0.1, "max": 80.0, "rho": 7.0, "t_min": 0.0, "t_max": 1.0}
-    ctx = SimpleNamespace(loss=OmegaConf.create({"sigma": sigma, "sigma_up_to_student_step": up_to_step}),
-                          student=StudentGenerator(MLPDenoiser(dim=2), [157.4, 17.25, 3.424, 0.9529]),
-                          accelerator=SimpleNamespace(device=torch.device("cpu")))
+    student = StudentGenerator(MLPDenoiser(dim=2), [157.4, 17.25, 3.424, 0.9529])
+    sampling = StepSampling(tuple(student.sigmas), sigma_up_to_student_step=up_to_step)
+    draws = Draws(torch.device("cpu"), (2,), student, sampling, {"sigma": sigma})
     step = torch.arange(4).repeat_interleave(2000)
-    drawn = StepContext.sample_sigma(ctx, len(step), step)
+    drawn = draws.sigma(len(step), step)
     top = [float(drawn[step == i].max()) for i in range(4)]
     assert float(drawn.min()) >= 0.1 - 1e-6
     if up_to_step:
@@ -140,7 +138,7 @@ def test_dmd_sigma_up_to_each_samples_student_step(up_to_step):
         assert top[3] > 0.9  # the range reaches up to the step's own sigma
     else:
         assert min(top) > 60  # every step over the whole range
-    assert StepContext.sample_sigma(ctx, 8).shape == (8,)  # a one-step student: no steps, the whole range
+    assert draws.sigma(8).shape == (8,)  # a one-step student: no steps, the whole range
 
 
 def test_one_step_generator_is_the_student_at_sigma_max():
@@ -277,10 +275,10 @@ def test_dmd2_image_run_with_a_four_step_student(tmp_path):
 
 def record_dmd_sigmas(monkeypatch) -> list:
     """(step, sigma) of every DMD noise draw of the runs that follow: the steps that reach the losses."""
-    from distill import loop
+    from distill.steps import Draws
 
-    seen, sample = [], loop.StepContext.sample_sigma
-    monkeypatch.setattr(loop.StepContext, "sample_sigma", lambda self, n, step=None, key="sigma": seen.append((step, s := sample(self, n, step, key))) or s)
+    seen, sample = [], Draws.sigma
+    monkeypatch.setattr(Draws, "sigma", lambda self, n, step=None, key="sigma": seen.append((step, s := sample(self, n, step, key))) or s)
     return seen
 
 
@@ -314,7 +312,7 @@ def test_a_one_step_checkpoint_resumes_as_a_four_step_student(tmp_path):
 
 
 def test_toy_gan_run_resumes_with_its_head(tmp_path):
-    overrides = [*TOY, "loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01", f"run_dir={tmp_path}"]
+    overrides = [*TOY, *["+loss.student.gan_generator={_target_:distill.terms.GanGenerator,weight:0.1}", "+loss.fake.gan_discriminator={_target_:distill.terms.GanDiscriminator,weight:0.01}"], f"run_dir={tmp_path}"]
     run(compose_config("train", [*overrides, "train.max_steps=2"]))
     head_at_2 = load_checkpoint(tmp_path / "checkpoints" / "step-2")[0]["gan_head"]
     run(compose_config("train", [*overrides, "train.max_steps=3"]))
@@ -327,8 +325,8 @@ def test_toy_gan_run_resumes_with_its_head(tmp_path):
     (["student.num_steps=2", FOUR_SIGMAS], r"has 4 entries but student.num_steps=2"),
     (["student.num_steps=2", "student.sigmas=[1.0,5.0]"], r"strictly decreasing"),
     (["student.num_steps=0"], r"student.num_steps=0; it must be an integer >= 1"),
-    (["loss.gan_generator_weight=1.0"], r"the GAN needs both > 0"),
-    (["loss.gan_discriminator_weight=-1"], r"loss.gan_discriminator_weight=-1.0; it must be a number >= 0"),
+    (["+loss.student.gan_generator={_target_:distill.terms.GanGenerator,weight:1.0}"], r"the GAN needs a generator term"),
+    (["loss=dmd2", "loss.fake.gan_discriminator.weight=-1"], r"loss.fake.gan_discriminator.weight=-1(\.0)?; it must be a number >= 0"),
     # not a boolean (OmegaConf's booleans: true/false, yes/no, on/off, 1/0): refused by the schema while composing
     (["loss.sigma_up_to_student_step=maybe"], r"loss.sigma_up_to_student_step=maybe"),
     (["loss.gan_last_step_only=never"], r"loss.gan_last_step_only=never"),

@@ -19,7 +19,7 @@ from PIL import Image
 
 import teachers
 from distill.card import snippet_from_card, student_images
-from distill.config import validate
+from distill.config import validate, loss_terms
 from teachers import edm_nets
 from teachers.convert import main as convert_main
 from teachers.edm import EDMDenoiser
@@ -213,7 +213,8 @@ def test_the_presets_validate_with_the_papers_settings(persistence, tmp_path):
     for preset, (fake_steps, regression, gan, lr) in expected.items():
         cfg = compose_config("train", [f"experiment={preset}", f"teacher.path={tmp_path / 'cifar'}", "run_dir=unused",
                                        "data=image_folder", f"data.path={tmp_path}"])
-        assert (cfg.train.num_fake_steps_per_student_step, cfg.loss.regression_weight, cfg.loss.gan_generator_weight,
+        student_terms = {name: term.weight for name, term in loss_terms(cfg.loss)[0].items()}
+        assert (cfg.train.num_fake_steps_per_student_step, student_terms.get("regression", 0.0) / 3072, student_terms.get("gan_generator", 0.0),
                 cfg.optim.student_lr) == (fake_steps, regression, gan, lr), preset
         assert cfg.teacher.kind == "edm" and cfg.student.sigmas == [80.0] and cfg.loss.guidance_scale == 1.0
         assert cfg.eval.num_samples == 50000 and cfg.eval.feature_extractor == "inception"

@@ -19,7 +19,7 @@ from teachers.gmm import GMMDenoiser, mixture_from_lists
 from teachers.mlp import MLPDenoiser
 
 TOY = ["experiment=toy_gmm", "debug=cpu_tiny", "train.plot_every=1000"]
-GAN = ["loss.gan_generator_weight=0.1", "loss.gan_discriminator_weight=0.01"]
+GAN = ["+loss.student.gan_generator={_target_:distill.terms.GanGenerator,weight:0.1}", "+loss.fake.gan_discriminator={_target_:distill.terms.GanDiscriminator,weight:0.01}"]
 TEACHERS = {
     "mlp": lambda: MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8),
     "unet cond 8x8": lambda: tiny_unet_denoiser(num_classes=10),

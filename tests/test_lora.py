@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from distill.export import export_student, student_record
 from distill.lora import add_lora
 from teachers.latent import LORA_FILE
-from distill.loop import build_state
+from distill.build import build_state
 from teachers.errors import ConfigError
 from teachers.mlp import MLPDenoiser
 

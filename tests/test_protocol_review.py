@@ -1,7 +1,6 @@
 """Review findings of the teacher protocol issue, each a test that failed before its fix: sigma ranges checked (not
 clamped), a warm-started run resumes its own newest checkpoint, DiT refuses zero-terminal-SNR schedules, the student's
 GAN term runs under the run's autocast, the serve benchmark's requests for text students."""
-import functools
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ from distill.config import validate
 from distill.gan import Critic, build_head
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
-from distill.steps import Batch, Networks, StudentLoss, student_step
+from distill.steps import Batch, Draws, Networks, StepSampling, student_step
+from distill.terms import GanGenerator
 from teachers.errors import ConfigError
 from teachers.mlp import MLPDenoiser
 
@@ -92,9 +92,11 @@ def test_the_students_gan_term_runs_under_the_runs_autocast():
     accelerator.autocast = autocast
     critic.logits = lambda *a: seen.append(bool(inside)) or logits(critic, *a)
     sigma = {"min": 0.002, "max": 80.0, "rho": 7.0, "t_min": 0.02, "t_max": 0.98}
-    student_step(Networks(accelerator, StudentGenerator(student), critic, real=teacher, critic=critic),
+    generator = StudentGenerator(student)
+    draws = Draws(torch.device("cpu"), (2,), generator, StepSampling(tuple(generator.sigmas)), {"sigma": sigma})
+    student_step(Networks(accelerator, generator, critic, real=teacher, critic=critic),
                  torch.optim.AdamW(student.parameters()), Batch(torch.randn(8, 2), gan_sigma=sample_dmd_sigma(8, **sigma)),
-                 functools.partial(sample_dmd_sigma, **sigma), None, StudentLoss(dmd_weight=0.0, gan_weight=1.0))
+                 draws, None, {"gan_generator": GanGenerator(1.0)})
     assert seen == [True]
 
 

@@ -67,7 +67,7 @@ def test_consecutive_nans_stop_the_run_with_the_last_good_checkpoint_intact(tmp_
 def test_non_finite_weights_are_never_saved(tmp_path):
     from accelerate import Accelerator
 
-    from distill.loop import build_state
+    from distill.build import build_state
     from teachers.mlp import MLPDenoiser
 
     state = build_state(MLPDenoiser(dim=2, hidden_dim=8, num_layers=1, emb_dim=4), compose_config("train", ["run_dir=x"]).optim, 0.9)

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import compose_config
 
-from distill.config import validate
+from distill.config import validate, loss_terms
 from distill.loop import run
 from distill.tasks import LatentTask
 from teachers.errors import ConfigError
@@ -31,7 +31,7 @@ def test_sd15_recipes_validate_with_their_papers_settings(name, tiny_sd_folder, 
     assert cfg.optim.student_lr == 1e-5 and cfg.train.grad_clip == 10 and cfg.optim.weight_decay == 0.01
     assert cfg.loss.guidance_scale == (1.75 if name == "sd15_dmd2" else 3.0)
     assert cfg.train.num_fake_steps_per_student_step == (10 if name == "sd15_dmd2" else 1)
-    assert (cfg.loss.regression_weight > 0) == (name == "sd15_dmd")
+    assert ("regression" in loss_terms(cfg.loss)[0]) == (name == "sd15_dmd")
 
 
 def test_the_gan_stage_needs_a_stage_one_checkpoint(tiny_sd_folder, tmp_path, prompt_file):
@@ -46,7 +46,7 @@ def test_gan_stage_starts_from_the_dmd_stage(tiny_sd_folder, tmp_path, prompt_fi
     tiny = ["debug=cpu_tiny_sd", f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null", "eval.num_samples=32",
             "eval.quality_figures=false", "eval.cross_check=false", f"teacher.path={tiny_sd_folder}"]
     stage1 = tmp_path / "stage1"
-    run(compose_config("train", ["experiment=mnist_sd", "loss.regression_weight=0", f"run_dir={stage1}", *tiny]))
+    run(compose_config("train", ["experiment=mnist_sd", "loss.student.regression=null", f"run_dir={stage1}", *tiny]))
     stage2 = tmp_path / "stage2"
     run(compose_config("train", ["experiment=mnist_sd_dmd2", f"train.init_from={stage1 / 'checkpoints' / 'step-2'}",
                                  f"run_dir={stage2}", *tiny]))

@@ -1,6 +1,4 @@
 """One fake-score step and one student step on tiny networks: who changes and who must not."""
-import functools
-
 import torch
 from accelerate import Accelerator
 
@@ -8,10 +6,20 @@ from distill.gan import Critic
 from distill.generator import StudentGenerator, trainable_copy
 from distill.noise import sample_dmd_sigma
 from distill.guard import any_process
-from distill.steps import Batch, FakeLoss, Networks, StudentLoss, fake_step, scalars, student_step
+from distill.steps import Batch, Draws, Networks, Settings, StepSampling, fake_step, scalars, student_step
+from distill.terms import DMD, Denoising, GanDiscriminator, GanGenerator, Regression
 from teachers.mlp import MLPDenoiser
 
 SIGMA = {"min": 0.002, "max": 80.0, "rho": 7.0, "t_min": 0.02, "t_max": 0.98}
+FAKE = {"denoising": Denoising(weighting="edm")}
+FAKE_GAN = FAKE | {"gan_discriminator": GanDiscriminator(0.01)}
+SETTINGS = Settings(batch_size=8, regression_batch_size=8, grad_clip=1.0, sigma_data=1.0)
+
+
+def draws(generator, dim: int = 2) -> Draws:
+    """The step's draws for a toy student: every range SIGMA."""
+    ranges = {key: SIGMA for key in ("sigma", "fake_sigma", "gan_sigma")}
+    return Draws(torch.device("cpu"), (dim,), generator, StepSampling(tuple(generator.sigmas)), ranges)
 
 
 def _params(module):
@@ -31,15 +39,14 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     teacher_before, student_before, fake_before = _params(teacher), _params(student), _params(fake)
 
     logs = fake_step(Networks(accelerator, generator, Critic(fake, None)), opt_f, Batch(torch.randn(8, 2)),
-                     sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, fake_weight=1.0, grad_clip=1.0))
+                     sample_dmd_sigma(8, **SIGMA), FAKE, SETTINGS)
     assert _changed(fake_before, fake) and not _changed(student_before, student)
     z, z_ref = torch.randn(8, 2), torch.randn(8, 2) + 3.0  # the pairs' noise far from z, so their rows cannot pass for G(z)
     with torch.no_grad():
         x_before_update, x_ref_before_update = generator(z), generator(z_ref)
     student_logs, x = student_step(
-        Networks(accelerator, generator, Critic(fake, None), real=teacher), opt_g, Batch(z),
-        functools.partial(sample_dmd_sigma, **SIGMA), (z_ref, torch.randn(8, 2)),
-        StudentLoss(dmd_weight=1.0, regression_weight=0.25, regression_distance="l2", pseudo_huber_c=0.03, grad_clip=1.0),
+        Networks(accelerator, generator, Critic(fake, None), real=teacher), opt_g, Batch(z), draws(generator),
+        (z_ref, torch.randn(8, 2)), {"dmd": DMD(1.0), "regression": Regression(0.25)}, grad_clip=1.0,
     )
     logs |= student_logs
     assert _changed(student_before, student)
@@ -49,7 +56,7 @@ def test_steps_update_student_and_fake_and_never_the_teacher():
     assert (x - x_ref_before_update).abs().amax(dim=1).min() > 1e-3  # no row of x is a pair's G(z_ref)
     assert not x.requires_grad
     assert not _changed(teacher_before, teacher) and all(p.grad is None for p in teacher.parameters())
-    assert set(logs) == {"loss/fake_score", "grad_norm/fake_score", "skipped/fake_score", "loss/dmd", "loss/regression", "grad_norm/student", "skipped/student"}
+    assert set(logs) == {"loss/denoising", "grad_norm/fake_score", "skipped/fake_score", "loss/dmd", "loss/regression", "grad_norm/student", "skipped/student"}
     assert logs["skipped/student"] == logs["skipped/fake_score"] == 0.0
 
 
@@ -70,7 +77,7 @@ def test_fake_step_trains_on_given_samples_without_calling_the_generator():
     fake, generator = trainable_copy(teacher), CountingGenerator(StudentGenerator(trainable_copy(teacher)))
     fake_before = _params(fake)
     fake_step(Networks(Accelerator(cpu=True), generator, Critic(fake, None)), torch.optim.AdamW(fake.parameters()),
-              Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, grad_clip=1.0), x=torch.randn(8, 2))
+              Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA), FAKE, SETTINGS, x=torch.randn(8, 2))
     assert generator.calls == 0 and _changed(fake_before, fake)
 
 
@@ -93,12 +100,11 @@ def test_step_logs_stay_on_the_device_until_they_are_written():
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
     logs = fake_step(Networks(Accelerator(cpu=True), StudentGenerator(student), Critic(fake, None)),
-                     torch.optim.AdamW(fake.parameters()), Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA),
-                     FakeLoss(sigma_data=1.0, grad_clip=1.0))
-    for name in ("loss/fake_score", "grad_norm/fake_score"):
+                     torch.optim.AdamW(fake.parameters()), Batch(torch.randn(8, 2)), sample_dmd_sigma(8, **SIGMA), FAKE, SETTINGS)
+    for name in ("loss/denoising", "grad_norm/fake_score"):
         assert isinstance(logs[name], torch.Tensor) and logs[name].ndim == 0 and not logs[name].requires_grad
     floats = scalars(logs)
-    assert all(type(v) is float for v in floats.values()) and floats["loss/fake_score"] == logs["loss/fake_score"].item()
+    assert all(type(v) is float for v in floats.values()) and floats["loss/denoising"] == logs["loss/denoising"].item()
 
 
 def test_any_process_reads_a_device_flag_or_a_python_one():
@@ -124,10 +130,10 @@ def test_gan_mask_limits_both_gan_losses_to_the_picked_samples(monkeypatch):
         nets = Networks(accelerator, generator, critic, real=teacher, critic=critic)
         logs = fake_step(nets, torch.optim.AdamW(critic.parameters()),
                          Batch(torch.randn(8, 2), gan_mask=mask, gan_sigma=sample_dmd_sigma(16, **SIGMA)),
-                         sample_dmd_sigma(8, **SIGMA), FakeLoss(sigma_data=1.0, gan_weight=0.01, grad_clip=1.0), (torch.randn(8, 2),))
+                         sample_dmd_sigma(8, **SIGMA), FAKE_GAN, SETTINGS, (torch.randn(8, 2),))
         student_logs, _ = student_step(
             nets, torch.optim.AdamW(student.parameters()), Batch(torch.randn(8, 2), gan_mask=mask, gan_sigma=sample_dmd_sigma(8, **SIGMA)),
-            functools.partial(sample_dmd_sigma, **SIGMA), None, StudentLoss(dmd_weight=1.0, gan_weight=0.1, grad_clip=1.0),
+            draws(generator), None, {"dmd": DMD(1.0), "gan_generator": GanGenerator(0.1)}, grad_clip=1.0,
         )
         picked = int(mask.sum())
         assert sizes == [picked + 8] + ([picked] if picked else [])  # the classifier's batch, then the student's GAN loss (none when empty)
@@ -136,7 +142,7 @@ def test_gan_mask_limits_both_gan_losses_to_the_picked_samples(monkeypatch):
 
 
 def test_gan_without_dmd_still_trains_the_student_on_its_own_samples():
-    """loss.dmd_weight=0 with the GAN on (a "GAN + regression" ablation): the GAN generator loss sees the whole student
+    """No DMD term with the GAN on (a "GAN + regression" ablation): the GAN generator loss sees the whole student
     batch and moves the student (it used to see an empty batch, so its loss was always 0)."""
     from distill.gan import build_head
 
@@ -150,8 +156,7 @@ def test_gan_without_dmd_still_trains_the_student_on_its_own_samples():
     logs, x = student_step(
         Networks(Accelerator(cpu=True), generator, critic, real=teacher, critic=critic),
         torch.optim.AdamW(student.parameters(), lr=1e-2), Batch(z, gan_sigma=sample_dmd_sigma(8, **SIGMA)),
-        functools.partial(sample_dmd_sigma, **SIGMA), (torch.randn(4, 2), torch.randn(4, 2)),
-        StudentLoss(dmd_weight=0.0, regression_weight=0.25, gan_weight=1.0),
+        draws(generator), (torch.randn(4, 2), torch.randn(4, 2)), {"regression": Regression(0.25), "gan_generator": GanGenerator(1.0)},
     )
     assert sizes == [8] and len(x) == 8 and "loss/dmd" not in logs
     assert float(logs["loss/gan_generator"]) > 0.1  # softplus of finite logits: about log 2 at the start, never 0
