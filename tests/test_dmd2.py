@@ -201,7 +201,7 @@ def test_classifier_forward_stops_at_the_bottleneck_with_the_full_forwards_featu
 
 @pytest.mark.parametrize("denoiser", [_unet_without_mid_block, lambda: _NoFeatures(2, 2)])
 def test_gan_head_on_a_teacher_without_features_is_refused(denoiser):
-    with pytest.raises(ConfigError, match="needs bottleneck features.*set both GAN weights to 0"):
+    with pytest.raises(ConfigError, match="need the fake score's bottleneck features.*leave the GAN terms out"):
         find_bottleneck(denoiser())
 
 
@@ -278,7 +278,14 @@ def record_dmd_sigmas(monkeypatch) -> list:
     from distill.steps import Draws
 
     seen, sample = [], Draws.sigma
-    monkeypatch.setattr(Draws, "sigma", lambda self, n, step=None, key="sigma": seen.append((step, s := sample(self, n, step, key))) or s)
+
+    def record(self, n, step=None, key="sigma"):
+        sigma = sample(self, n, step, key)
+        if key != "gan_sigma":  # the GAN's noise is drawn for every sample alike
+            seen.append((step, sigma))
+        return sigma
+
+    monkeypatch.setattr(Draws, "sigma", record)
     return seen
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import distill.steps
+import distill.terms
 from conftest import compose_config
 from distill.checkpoint import complete_checkpoints, verify
 from distill.loop import run
@@ -22,16 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["experiment=toy_gmm", "debug=cpu_tiny", "deterministic=true", "train.log_every=1", "train.plot_every=1000"]
 
 
-def _nan_on_calls(monkeypatch, name, calls):
-    """Make distill.steps.<name> return NaN on the given (1-based) calls."""
-    real, count = getattr(distill.steps, name), {"n": 0}
+def _nan_on_calls(monkeypatch, module, name, calls):
+    """Make module.<name> (a loss term's call) return NaN on the given (1-based) calls."""
+    real, count = getattr(module, name), {"n": 0}
 
     def patched(*args, **kwargs):
         count["n"] += 1
         out = real(*args, **kwargs)
         return out * float("nan") if count["n"] in calls else out
 
-    monkeypatch.setattr(distill.steps, name, patched)
+    monkeypatch.setattr(module, name, patched)
 
 
 def _log(run_dir):
@@ -39,8 +39,8 @@ def _log(run_dir):
 
 
 def test_injected_nans_are_skipped_counted_and_survived(tmp_path, monkeypatch):
-    _nan_on_calls(monkeypatch, "dmd_loss", {2, 5, 6})
-    _nan_on_calls(monkeypatch, "weighted_denoising_error", {3, 11})
+    _nan_on_calls(monkeypatch, distill.terms.DMD, "__call__", {2, 5, 6})
+    _nan_on_calls(monkeypatch, distill.terms.Denoising, "__call__", {3, 11})
     metrics = run(compose_config("train", [*TINY, "train.max_steps=8", f"run_dir={tmp_path}"]))
     last = _log(tmp_path)[-1]
     assert last["skipped_total/student"] == 3 and last["skipped_total/fake_score"] == 2
@@ -51,7 +51,7 @@ def test_injected_nans_are_skipped_counted_and_survived(tmp_path, monkeypatch):
 
 
 def test_consecutive_nans_stop_the_run_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
-    _nan_on_calls(monkeypatch, "dmd_loss", set(range(4, 100)))
+    _nan_on_calls(monkeypatch, distill.terms.DMD, "__call__", set(range(4, 100)))
     cfg = compose_config("train", [*TINY, "train.max_steps=20", "train.keep_last=20", "train.max_consecutive_skips=3", f"run_dir={tmp_path}"])
     with pytest.raises(TrainingStopped, match="3 consecutive non-finite updates of the student") as stopped:
         run(cfg)
