@@ -7,18 +7,18 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/r27}
 # The options of each row; the baseline pins the pre-review behaviour (EDM weighting, fake score on t in [0.02, 0.98]).
-OLD="loss.fake_score_weighting=edm loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
+OLD="loss.fake.denoising.weighting=edm loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
 MNIST_ROWS=(
   "A_baseline seed=0 $OLD"
-  "B_vmse seed=0 loss.fake_score_weighting=auto loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
+  "B_vmse seed=0 loss.fake.denoising.weighting=auto loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
   "C_noclip seed=0 $OLD train.grad_clip=null"
-  "D_fullrange seed=0 loss.fake_score_weighting=edm loss.fake_sigma.t_min=0.0 loss.fake_sigma.t_max=1.0 loss.gan_sigma.t_min=0.0 loss.gan_sigma.t_max=1.0"
+  "D_fullrange seed=0 loss.fake.denoising.weighting=edm loss.fake_sigma.t_min=0.0 loss.fake_sigma.t_max=1.0 loss.gan_sigma.t_min=0.0 loss.gan_sigma.t_max=1.0"
   "A_baseline_seed1 seed=1 $OLD"
-  "B_vmse_seed1 seed=1 loss.fake_score_weighting=auto loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
+  "B_vmse_seed1 seed=1 loss.fake.denoising.weighting=auto loss.fake_sigma.t_min=0.02 loss.fake_sigma.t_max=0.98"
 )
 EPS_ROWS=(
-  "E1_edm_157 loss.fake_score_weighting=edm" "E2_eps_157 loss.fake_score_weighting=auto"
-  "E3_edm_80 loss.fake_score_weighting=edm student.sigmas=[80.0]" "E4_eps_80 loss.fake_score_weighting=auto student.sigmas=[80.0]"
+  "E1_edm_157 loss.fake.denoising.weighting=edm" "E2_eps_157 loss.fake.denoising.weighting=auto"
+  "E3_edm_80 loss.fake.denoising.weighting=edm student.sigmas=[80.0]" "E4_eps_80 loss.fake.denoising.weighting=auto student.sigmas=[80.0]"
 )
 
 distill() {  # NAME FOLDER OVERRIDES...: one distillation run in the background
@@ -59,8 +59,8 @@ eps() {  # a tiny eps-predicting UNet on sklearn digits, then DMD (no GAN) at tw
 
 tables() {
   $PY experiments/review/collect.py "$OUT/mnist_eval" experiments/review/mnist_deviations.md \
-    loss.fake_score_weighting loss.fake_sigma.t_min loss.gan_sigma.t_min train.grad_clip
-  $PY experiments/review/collect.py "$OUT/eps_eval" experiments/review/eps_unet.md loss.fake_score_weighting student.sigmas
+    loss.fake.denoising.weighting loss.fake_sigma.t_min loss.gan_sigma.t_min train.grad_clip
+  $PY experiments/review/collect.py "$OUT/eps_eval" experiments/review/eps_unet.md loss.fake.denoising.weighting student.sigmas
 }
 
 for part in "${@:-mnist eps tables}"; do for p in $part; do "$p"; done; done

@@ -3,7 +3,7 @@
 # distillation (train.max_minutes=30), the conditional recipe of experiments/review (row B_vmse) with today's defaults.
 # Runs side by side at OMP_NUM_THREADS=1 (one core each: a stricter budget than the machine's two cores).
 # Usage: SEED=0 bash experiments/speed/run30.sh   -> runs/s26/{cond,uncond}_seed$SEED/
-#   TEACHERS="uncond" TAG=_reg EXTRA="loss.regression_weight=0.5" SEED=0 bash experiments/speed/run30.sh
+#   TEACHERS="uncond" TAG=_reg EXTRA="+loss.student.regression={_target_:distill.terms.Regression,weight:392.0}" SEED=0 bash experiments/speed/run30.sh
 #     -> runs/s26/uncond_reg_seed0/ (a recipe variant: EXTRA overrides, TAG names its run directories)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
