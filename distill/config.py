@@ -7,10 +7,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.schedule import LR_SCHEDULES
 from teachers import families
-from teachers.checks import check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, mixture_lists
+from teachers.checks import check_mlp_teacher, check_sd_teacher, ddpm_sigma_range, is_number, mixture_lists
 from teachers.errors import ConfigError
 from teachers.families import Family
-from distill.terms import Term, build_terms, combined_needs
+from distill.terms import Needs, Term, build_terms, combined_needs
 from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, SAMPLER_NAMES
 
 
@@ -24,10 +24,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -36,18 +32,12 @@ def _require(ok: bool, message: str) -> None:
 def _check_positive(section: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = section[key]
-        _require(_is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
+        _require(is_number(value) and value > 0, f"{prefix}.{key}={value}; it must be a number > 0")
 
 
 def loss_terms(loss) -> tuple[dict[str, Term], dict[str, Term]]:
     """The student's and the fake score's terms (loss.student, loss.fake), weight 0 left out."""
     return build_terms(loss.student, "student"), build_terms(loss.fake, "fake")
-
-
-def uses_gan(loss) -> bool:
-    """Whether loss (the config's loss section) trains a GAN head on the fake score (DMD2, SiDA)."""
-    student, fake = loss_terms(loss)
-    return combined_needs({**student, **fake}).critic
 
 
 def check_teacher(teacher: DictConfig, dim: int) -> Family:
@@ -117,14 +107,15 @@ def check_sigma_ranges(cfg: DictConfig, sigma_range: tuple[float, float] | None,
                 with open_dict(section):
                     section[bound] = float(default)
             value = section[bound]
-            _require(_is_number(value) and inside(value), f"loss.{name}.{bound}={value} is outside {allowed}; set it inside, or null for the teacher's own")
+            _require(is_number(value) and inside(value), f"loss.{name}.{bound}={value} is outside {allowed}; set it inside, or null for the teacher's own")
     for value in cfg.student.sigmas or []:
         _require(inside(value), f"student.sigmas={list(cfg.student.sigmas)}: {value} is outside {allowed}")
 
 
-def check_terms(loss: DictConfig) -> None:
+def check_terms(loss: DictConfig) -> Needs:
     """Each term's settings (checked as it is built), and that together they train something and meet their needs:
-    a student term reading the fake score needs a fake-score term to train it, and the GAN needs its two sides."""
+    a student term reading the fake score needs a fake-score term to train it, and the GAN needs its two sides.
+    Returns what the terms need together."""
     student, fake = loss_terms(loss)
     names = lambda terms: ", ".join(terms) or "none"  # noqa: E731
     _require(bool(student), f"loss.student has no term with weight > 0 (configured: {', '.join(loss.student) or 'none'}); "
@@ -136,12 +127,13 @@ def check_terms(loss: DictConfig) -> None:
     _require(needs.critic == fake_needs.critic,
              f"loss.student terms: {names(student)}; loss.fake terms: {names(fake)}; the GAN needs a generator term "
              "(loss.student.gan_generator) and a classifier term (loss.fake.gan_discriminator) both with weight > 0, or neither")
+    return combined_needs({**student, **fake})
 
 
-def check_loss(loss: DictConfig) -> None:
-    """The loss terms, guidance, and the noise ranges and pairs the terms draw from."""
-    check_terms(loss)
-    _require(_is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
+def check_loss(loss: DictConfig) -> Needs:
+    """The loss terms, guidance, and the noise ranges and pairs the terms draw from; returns the terms' needs."""
+    needs = check_terms(loss)
+    _require(is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
              f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
     for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
@@ -149,13 +141,14 @@ def check_loss(loss: DictConfig) -> None:
         _require(0 <= s.t_min < s.t_max <= 1, f"loss.{name}.t_min={s.t_min}, loss.{name}.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
     _require(loss.pairs.sampler in SAMPLER_NAMES, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLER_NAMES)}")
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
+    return needs
 
 
-def check_gan_real_side(cfg: DictConfig) -> None:
+def check_gan_real_side(cfg: DictConfig, gan: bool) -> None:
     """A text teacher's GAN needs real images it knows the prompts of: captioned images, or prompts that name the
     images' classes (data=mnist_sd); refused here, before any work, where a folder says it has no captions."""
     prompts = cfg.data.get("prompts")
-    if not uses_gan(cfg.loss) or prompts is None or prompts.source == "mnist_captions":
+    if not gan or prompts is None or prompts.source == "mnist_captions":
         return
     from distill.tasks import no_captions_message
     from teachers.data import has_captions
@@ -173,7 +166,7 @@ def check_student(student: DictConfig) -> None:
                          "(e.g. student=four_step), the first being the input noise level")
         return
     values = list(sigmas)
-    _require(all(_is_number(v) for v in values),
+    _require(all(is_number(v) for v in values),
              f"student.sigmas={values}; it must be a list of numbers")
     _require(len(values) == k, f"student.sigmas={values} has {len(values)} entries but student.num_steps={k}")
     _require(all(v > 0 for v in values), f"student.sigmas={values}; every sigma must be > 0")
@@ -196,7 +189,7 @@ def check_train(train: DictConfig, student: DictConfig) -> None:
     check_student(student)
     _require(_is_int(train.max_steps) and train.max_steps >= 0, f"train.max_steps={train.max_steps}; it must be an integer >= 0")
     minutes = train.get("max_minutes")
-    _require(minutes is None or (_is_number(minutes) and minutes > 0), f"train.max_minutes={minutes}; use null or a number > 0")
+    _require(minutes is None or (is_number(minutes) and minutes > 0), f"train.max_minutes={minutes}; use null or a number > 0")
     for key in POSITIVE_INT_TRAIN_KEYS:
         _require(_is_int(train[key]), f"train.{key}={train[key]}; it must be an integer")
     _check_positive(train, "train", POSITIVE_INT_TRAIN_KEYS)
@@ -231,7 +224,7 @@ def check_lora(lora: DictConfig | None) -> None:
     if lora is None or lora.rank is None:
         return
     _require(_is_int(lora.rank) and lora.rank >= 1, f"lora.rank={lora.rank}; use null (full weights) or an integer >= 1")
-    _require(_is_number(lora.alpha) and lora.alpha > 0, f"lora.alpha={lora.alpha}; it must be a number > 0")
+    _require(is_number(lora.alpha) and lora.alpha > 0, f"lora.alpha={lora.alpha}; it must be a number > 0")
     _require(len(lora.targets) > 0 and all(isinstance(t, str) for t in lora.targets),
              f"lora.targets={list(lora.targets)}; name at least one layer (e.g. to_q, to_k, to_v, to_out.0)")
     _require(isinstance(lora.fake_score, bool), f"lora.fake_score={lora.fake_score}; use true or false")
@@ -241,12 +234,12 @@ def check_optim(optim: DictConfig) -> None:
     """Learning rates, AdamW's betas and weight decay, and the learning-rate schedule."""
     _check_positive(optim, "optim", ("student_lr", "fake_lr", "gan_head_lr"))
     betas = list(optim.betas)
-    _require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+    _require(len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
              f"optim.betas={betas}; it must be two numbers in [0, 1)")
-    _require(_is_number(optim.weight_decay) and optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}; it must be a number >= 0")
+    _require(is_number(optim.weight_decay) and optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}; it must be a number >= 0")
     _require(isinstance(optim.fused, bool), f"optim.fused={optim.fused}; use true or false")
     _require(optim.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule={optim.lr_schedule}; allowed: {', '.join(LR_SCHEDULES)}")
-    _require(_is_number(optim.min_lr_ratio) and 0 <= optim.min_lr_ratio <= 1,
+    _require(is_number(optim.min_lr_ratio) and 0 <= optim.min_lr_ratio <= 1,
              f"optim.min_lr_ratio={optim.min_lr_ratio}; it must be a number in [0, 1]")
 
 
@@ -296,8 +289,8 @@ def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     with open_dict(cfg.teacher):
         cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
     check_sigma_ranges(cfg, teacher_sigma_range(cfg, vp_tables), fill=vp_tables)
-    check_loss(cfg.loss)
-    check_gan_real_side(cfg)
+    needs = check_loss(cfg.loss)
+    check_gan_real_side(cfg, needs.critic)
     check_train(cfg.train, cfg.student)
     check_step_sigma(cfg.loss, cfg.student)
     check_optim(cfg.optim)

@@ -180,7 +180,7 @@ class StudentInputs:
     regression pairs, and the networks, read at noise drawn here."""
 
     nets: Networks
-    draws: Draws | None
+    draws: Draws
     batch: Batch
     x: torch.Tensor
     x_ref: torch.Tensor | None = None
@@ -260,7 +260,7 @@ def fake_step(nets: Networks, optimizer, batch: Batch, sigma: torch.Tensor, term
     return logs | term_logs | {"grad_norm/fake_score": grad_norm, "skipped/fake_score": float(skipped)}
 
 
-def student_step(nets: Networks, optimizer, batch: Batch, draws: Draws | None, pairs: tuple[torch.Tensor, ...] | None,
+def student_step(nets: Networks, optimizer, batch: Batch, draws: Draws, pairs: tuple[torch.Tensor, ...] | None,
                  terms: dict[str, Term], grad_clip: float | None = None) -> tuple[dict[str, torch.Tensor | float], torch.Tensor]:
     """Train G on its terms (loss.student): those that need samples read G(z, cond) (a k-step student's at each
     sample's step, None: drawn by G), the regression pairs' G(z_ref) (step 0: they start from pure noise).

@@ -14,13 +14,13 @@ settings) before the heavy imports; their math lives in distill.losses and disti
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-from dataclasses import dataclass, fields
+import pkgutil
+from dataclasses import astuple, dataclass, fields
 from typing import ClassVar
 
-from teachers.checks import LOSS_WEIGHTINGS
+from teachers.checks import LOSS_WEIGHTINGS, is_number
 from teachers.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,8 @@ class Term:
     needs: ClassVar[Needs] = Needs()
 
     def __post_init__(self):
-        if not (_is_number(self.weight) and math.isfinite(self.weight) and self.weight >= 0):
+        if not (is_number(self.weight) and math.isfinite(self.weight) and self.weight >= 0):
             raise ConfigError(f"weight={self.weight!r}; it must be a number >= 0 (0 leaves the term out)")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class SiD(Term):
     def __post_init__(self):
         super().__post_init__()
         low, high = SID_ALPHA_RANGE
-        if not (_is_number(self.alpha) and low <= self.alpha <= high):
+        if not (is_number(self.alpha) and low <= self.alpha <= high):
             raise ConfigError(f"alpha={self.alpha!r}; SiD's alpha must be a number in [{low}, {high}] (the paper's default: 1.2)")
 
     def __call__(self, s) -> object:
@@ -106,7 +102,7 @@ class Regression(Term):
         super().__post_init__()
         if self.distance not in REGRESSION_DISTANCES:
             raise ConfigError(f"distance={self.distance!r}; allowed: {', '.join(REGRESSION_DISTANCES)}")
-        if not (_is_number(self.pseudo_huber_c) and self.pseudo_huber_c > 0):
+        if not (is_number(self.pseudo_huber_c) and self.pseudo_huber_c > 0):
             raise ConfigError(f"pseudo_huber_c={self.pseudo_huber_c!r}; it must be a number > 0")
 
     def __call__(self, s) -> object:
@@ -166,7 +162,7 @@ class GanDiscriminator(Term):
 def combined_needs(terms) -> Needs:
     """What a set of terms needs together (a dict name -> term, or an iterable of terms)."""
     values = list(terms.values()) if isinstance(terms, dict) else list(terms)
-    return Needs(**{f.name: any(getattr(t.needs, f.name) for t in values) for f in fields(Needs)})
+    return Needs(*(any(flags) for flags in zip(*(astuple(t.needs) for t in values)))) if values else Needs()
 
 
 def term_class(target, where: str) -> type:
@@ -174,10 +170,9 @@ def term_class(target, where: str) -> type:
     ours = ", ".join(f"distill.terms.{c.__name__}" for c in TERMS)
     if not isinstance(target, str):
         raise ConfigError(f"{where} names no term class: give it a _target_ (ours: {ours})")
-    module, _, name = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name, None)
-    except ImportError:
+        cls = pkgutil.resolve_name(target)  # "package.module.Class", as hydra's _target_ names it
+    except (ImportError, AttributeError, ValueError):
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, Term)):
         raise ConfigError(f"{where}._target_={target} is not a loss term; ours: {ours}")

@@ -18,6 +18,11 @@ def _numbers(values, key: str) -> list[float]:
         raise ConfigError(f"{key} contains {list(values)}; only numbers are allowed") from None
 
 
+def is_number(value) -> bool:
+    """An int or float that is not a bool (YAML's true would pass isinstance(value, int))."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_seq(value) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, str)
 
