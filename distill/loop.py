@@ -18,6 +18,7 @@ from distill.state import Counters, TrainState, save_training_state
 from distill.steps import Draws, distill_step, scalars
 from distill.summary import summary_lines
 from distill.tasks import PLOT_SAMPLES
+from eval.shard import Shard
 from teachers.errors import TrainingStopped
 import teachers
 
@@ -44,15 +45,20 @@ def is_due(done: int, every: int, last: int) -> bool:
     return done % every == 0 or done == last
 
 
-def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, device) -> dict:
-    """Export the student (EMA weights), reload it from disk, and evaluate it beside the teacher's sampler(s)."""
-    sigmas = cfg.student.sigmas or [state.student.sigma_max]
-    teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
-    record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg), cfg.teacher.get("family"))
-    export_student(state.student, state.ema, run_dir / "student", record, run_dir)
-    student = teachers.load(run_dir / "student", key="student", family=cfg.teacher.get("family")).to(device)
-    metrics = task.evaluate(cfg, student, real, run_dir, device)
-    write_model_card(run_dir / "student", run_dir)  # now with the figures
+def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, accelerator: Accelerator) -> dict:
+    """Export the student (EMA weights; the main process), reload it from disk, and evaluate it beside the teacher's
+    sampler(s): every process samples its share of the seeds, the main process computes the figures ({} elsewhere)."""
+    shard = Shard(accelerator.process_index, accelerator.num_processes)
+    if shard.main:
+        sigmas = cfg.student.sigmas or [state.student.sigma_max]
+        teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
+        record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg), cfg.teacher.get("family"))
+        export_student(state.student, state.ema, run_dir / "student", record, run_dir)
+    accelerator.wait_for_everyone()
+    student = teachers.load(run_dir / "student", key="student", family=cfg.teacher.get("family")).to(accelerator.device)
+    metrics = task.evaluate(cfg, student, real, run_dir, accelerator.device, shard)
+    if shard.main:
+        write_model_card(run_dir / "student", run_dir)  # now with the figures
     return metrics
 
 
@@ -106,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
                 break
 
     # Export the student and evaluate it beside the teacher's full sampler.
-    metrics = export_and_evaluate(cfg, task, state, p.real, run_dir, accelerator.device) if main else {}
+    metrics = export_and_evaluate(cfg, task, state, p.real, run_dir, accelerator)
     accelerator.end_training()
     if main:
         print("\n".join(summary_lines(metrics, run_dir)), flush=True)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from eval.run import evaluate_models
+from eval.shard import Shard
 from eval.plots import scatter_panels
 from teachers.conditions import Conditions, conditions_for, text_conditions
 from teachers.data import check_fits, has_captions, load_captioned_images, load_images
@@ -77,8 +78,8 @@ class ToyTask:
         scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
         log_image(accelerator, path, step)
 
-    def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
-        return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture)
+    def evaluate(self, cfg, student, real, run_dir: Path, device, shard: Shard = Shard()) -> dict:
+        return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture, shard=shard)
 
     def conditions(self, cfg, teacher, part: str):
         return None
@@ -111,8 +112,9 @@ class ImageTask:
         save_image(make_grid((x.clamp(-1, 1) + 1) / 2, nrow=8, pad_value=1.0), path)
         log_image(accelerator, path, step)
 
-    def evaluate(self, cfg, student, real, run_dir: Path, device) -> dict:
-        return evaluate_models(cfg, real, student, run_dir, device)
+    def evaluate(self, cfg, student, real, run_dir: Path, device, shard: Shard = Shard()) -> dict:
+        """FID beside the teacher's full sampler; each process of the shard samples its share of the seeds."""
+        return evaluate_models(cfg, real, student, run_dir, device, shard=shard)
 
     def conditions(self, cfg, teacher, part: str):
         """The condition table (class labels, or a prompt set's embeddings) the run draws conds from; None: unconditional."""

@@ -1,7 +1,6 @@
 """FID pieces, apart (EDM fid.py, edm2 Detector): streaming statistics, a cache for the reference, fid(a, b)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,18 +93,14 @@ def cached_stats(path: Path, compute, key: dict | None = None) -> Stats:
     return load_stats(path)
 
 
-def fid_torchmetrics(extractor: torch.nn.Module, images_a: torch.Tensor, images_b: torch.Tensor, batch_size: int = 500) -> float:
-    """The same FID through torchmetrics, with the same feature extractor: the cross-check of `fid`."""
+def fid_torchmetrics(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """The same FID through torchmetrics, from the same features (N, D): the cross-check of `fid`'s statistics and
+    Frechet distance."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    size = tuple(images_a.shape[1:])  # a custom extractor gets the images unchanged
-    # torchmetrics probes a custom extractor with a CPU dummy image while it is built: build on a CPU copy, then move
-    # sync_on_compute=False: only the main process evaluates a multi-process run; the others are not there to sync with
-    metric = FrechetInceptionDistance(
-        feature=copy.deepcopy(extractor).cpu(), normalize=True, input_img_size=size, sync_on_compute=False,
-    )
-    metric = metric.to(images_a.device)
-    for images, real in ((images_a, True), (images_b, False)):
-        for x in images.split(batch_size):
-            metric.update(x, real=real)
+    # The features as its "extractor" (an identity; it probes it with a (1, D) dummy to learn D). sync_on_compute=False:
+    # the main process computes every figure of a multi-process evaluation; the others are not there to sync with.
+    metric = FrechetInceptionDistance(feature=torch.nn.Identity(), input_img_size=(features_a.shape[1],), sync_on_compute=False)
+    metric.update(torch.from_numpy(features_a), real=True)
+    metric.update(torch.from_numpy(features_b), real=False)
     return float(metric.compute())

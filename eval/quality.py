@@ -3,7 +3,6 @@ density / coverage. A student "beats its teacher" only where these agree beyond 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import warnings
 
@@ -23,22 +22,20 @@ def fid_bootstrap_interval(features: np.ndarray, reference: Stats, num_resamples
     return [centre - z * se, centre + z * se]
 
 
-def kid_torchmetrics(extractor: torch.nn.Module, images_real: torch.Tensor, images_fake: torch.Tensor, *, subsets: int,
-                     subset_size: int, seed: int, batch_size: int = 500) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018) through torchmetrics on the extractor's features: mean and std over `subsets`
+def kid_torchmetrics(features_real: np.ndarray, features_fake: np.ndarray, *, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018) through torchmetrics on features (N, D) of one extractor: mean and std over `subsets`
     random subsets of `subset_size` (at most the smaller set), seeded."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    size = min(subset_size, len(images_real), len(images_fake))
+    size = min(subset_size, len(features_real), len(features_fake))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # torchmetrics warns that KID keeps every feature in a buffer: these are evaluation-sized sets, by design.
         warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
         torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
-        metric = KernelInceptionDistance(feature=copy.deepcopy(extractor).cpu(), subsets=subsets, subset_size=size,
-                                         normalize=True, sync_on_compute=False).to(images_real.device)
-        for images, real in ((images_real, True), (images_fake, False)):
-            for x in images.split(batch_size):
-                metric.update(x, real=real)
+        # The features as its "extractor" (an identity): they were extracted once, by each process for its share.
+        metric = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=subsets, subset_size=size, sync_on_compute=False)
+        metric.update(torch.from_numpy(features_real), real=True)
+        metric.update(torch.from_numpy(features_fake), real=False)
         mean, std = metric.compute()
     return float(mean), float(std)
 
@@ -55,12 +52,11 @@ def prdc_figures(real_features: np.ndarray, fake_features: np.ndarray, *, k: int
     return {name: float(value) for name, value in figures.items()}
 
 
-def quality_figures(extractor, reference: Stats, ref_images: torch.Tensor, ref_features: np.ndarray, images: torch.Tensor,
-                    features: np.ndarray, eval_cfg) -> dict:
-    """fid_ci95, kid and kid_std, precision, recall, density and coverage of one sampler's images vs the reference."""
+def quality_figures(reference: Stats, ref_features: np.ndarray, features: np.ndarray, eval_cfg) -> dict:
+    """fid_ci95, kid and kid_std, precision, recall, density and coverage of one sampler's features vs the reference's."""
     out = {}
     if eval_cfg.bootstrap_resamples:
         out["fid_ci95"] = fid_bootstrap_interval(features, reference, eval_cfg.bootstrap_resamples, eval_cfg.seed)
-    out["kid"], out["kid_std"] = kid_torchmetrics(extractor, ref_images, images, subsets=eval_cfg.kid_subsets,
+    out["kid"], out["kid_std"] = kid_torchmetrics(ref_features, features, subsets=eval_cfg.kid_subsets,
                                                   subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed)
     return out | prdc_figures(ref_features, features, k=eval_cfg.prdc_k, max_samples=eval_cfg.prdc_max_samples, seed=eval_cfg.seed)

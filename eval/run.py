@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.harness import SampleFn, denoiser_digest, evaluate_toy, read_student_record, read_student_sigmas, student_label, student_sample_fn, teacher_sample_fns
 from eval.images import evaluate_images, full_sampler_label
+from eval.shard import Shard, launched_shard
 from teachers.conditions import conditions_for
 from teachers.data import check_fits, load_images
 from teachers.errors import ConfigError
@@ -53,9 +55,12 @@ def student_sigmas(cfg: DictConfig) -> list[float] | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Write metrics.json, samples and a comparison PNG into the run dir."""
+    """Write metrics.json, samples and a comparison PNG into the run dir. Started by torchrun or `accelerate launch`,
+    each process samples its share of the seeds and the main process writes the figures."""
     image = cfg.data.get("kind", "toy") == "image"
+    shard, launched = launched_shard()
     device = torch.device("cuda" if image and torch.cuda.is_available() else "cpu")  # toy evaluation stays on the CPU
+    device = launched if image and launched is not None else device  # each process its own GPU
     teacher, student = load_models(cfg)
     if image:
         teacher, student = teacher.to(device), None if student is None else student.to(device)
@@ -70,26 +75,28 @@ def run(cfg: DictConfig) -> dict:
                 raise ConfigError(f"{name} is a model of shape {model.shape} but the data is {mixture.dim}-D")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    return evaluate_models(cfg, teacher, student, run_dir, device, mixture=None if image else mixture)
+    if shard.main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    return evaluate_models(cfg, teacher, student, run_dir, device, mixture=None if image else mixture, shard=shard)
 
 
-def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mixture=None) -> dict:
-    """The teacher's samplers and, if given, the student on the same seeds: toy metrics with a mixture, else FID."""
+def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mixture=None, shard: Shard = Shard()) -> dict:
+    """The teacher's samplers and, if given, the student on the same seeds: toy metrics with a mixture, else FID. With
+    a shard, this process samples its share and the main process returns the figures ({} on the others)."""
     sample_fns = teacher_sample_fns(teacher, cfg.eval.teacher_samplers)
     if student is not None:
         sample_fn = student_sample_fn(student, student_sigmas(cfg), seed=cfg.eval.seed)
         sample_fns[student_label(sample_fn.nfe)] = sample_fn
     if mixture is not None:
-        return evaluate_toy(sample_fns, mixture, run_dir, **cfg.eval)
+        return evaluate_toy(sample_fns, mixture, run_dir, shard=shard, **cfg.eval)
     base = teacher.unguided  # a guided real score's own teacher: its conditions and its VAE
-    conditions = conditions_for(base, cfg.data, "test", cfg.eval.cache_dir)
+    conditions = shard.main_first(lambda: conditions_for(base, cfg.data, "test", cfg.eval.cache_dir))  # text embeddings: cached by the main process
     if base.latent:  # a latent teacher: every sampler's time and images include the VAE decode
         crop, size = cfg.eval.get("center_crop"), cfg.data.get("resolution")
         sample_fns = {label: decoded(fn, base, crop, size) for label, fn in sample_fns.items()}
     return evaluate_images(
         sample_fns, data_cfg=cfg.data, eval_cfg=cfg.eval, run_dir=run_dir, shape=teacher.shape,
-        conditions=conditions, full_sampler=full_sampler_label(list(sample_fns)), device=device,
+        conditions=conditions, full_sampler=full_sampler_label(list(sample_fns)), device=device, shard=shard,
     )
 
 
@@ -126,4 +133,4 @@ def decoded(sample_fn: SampleFn, teacher, crop: int | None, resolution: int | No
     fn, key = sample_fn.fn, sample_fn.cache_key
     cache_key = None if key is None else (lambda: key() | {"vae_sha256": denoiser_digest(teacher.decoder_module()), "center_crop": crop,
                                                             **({"resolution": resolution} if resolution else {})})
-    return SampleFn(sample_fn.nfe, lambda z, c=None: lanczos_resize(center_crop(teacher.decode(fn(z, c)), crop), resolution), cache_key)
+    return replace(sample_fn, fn=lambda z, c=None: lanczos_resize(center_crop(teacher.decode(fn(z, c)), crop), resolution), cache_key=cache_key)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.features import DomainClassifier
+from eval.features import DomainClassifier, extract
 from eval.fid import fid, stats_of
 from eval.quality import fid_bootstrap_interval, kid_torchmetrics, prdc_figures
 
@@ -34,7 +34,8 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     torch.manual_seed(0)
     extractor = DomainClassifier(in_channels=1).eval()
     real, other_draw = torch.rand(300, 1, 8, 8) * 2 - 1, torch.rand(300, 1, 8, 8) * 2 - 1
-    same, same_std = kid_torchmetrics(extractor, real, other_draw, subsets=20, subset_size=200, seed=0)
-    shifted, _ = kid_torchmetrics(extractor, real, (other_draw * 0.3 + 0.6).clamp(-1, 1), subsets=20, subset_size=200, seed=0)
+    real_f, other_f, shifted_f = (extract(extractor, x) for x in (real, other_draw, (other_draw * 0.3 + 0.6).clamp(-1, 1)))
+    same, same_std = kid_torchmetrics(real_f, other_f, subsets=20, subset_size=200, seed=0)
+    shifted, _ = kid_torchmetrics(real_f, shifted_f, subsets=20, subset_size=200, seed=0)
     assert abs(same) < 3 * same_std + 1e-3 and shifted > 10 * abs(same)
-    assert kid_torchmetrics(extractor, real, other_draw, subsets=20, subset_size=200, seed=0)[0] == same  # seeded subsets
+    assert kid_torchmetrics(real_f, other_f, subsets=20, subset_size=200, seed=0)[0] == same  # seeded subsets
