@@ -86,7 +86,9 @@ def test_two_process_run_with_torchrun(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "step-2" / "COMPLETE").is_file()
-    assert json.loads((tmp_path / "metrics.json").read_text())["student_nfe1"]["nfe"] == 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["student_nfe1"]["nfe"] == 1 and metrics["student_nfe1"]["num_processes"] == 2
+    assert metrics["data"]["num_samples"] == 256  # the main process's share, and the other's (none: 256 < one batch)
     assert done.stderr.count("teacher: 100%") == 1  # trained once, by the main process
 
 
