@@ -1,6 +1,7 @@
 """Check a distillation config before any work starts; every problem is one ConfigError line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -269,10 +270,26 @@ def check_domain_labels(data: DictConfig, eval_cfg: DictConfig) -> None:
         raise ConfigError(f"data.path={folder}: {UNLABELLED}")
 
 
+# What `accelerate launch --config_file` sets for the distributed types this toolkit does not run (it wraps the student
+# and the fake score in DDP; FSDP and DeepSpeed would shard them under the loss terms, which read them unwrapped).
+UNSUPPORTED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                        "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def check_launch(environ=os.environ) -> None:
+    """Refuse a launch with an accelerate config this toolkit does not support, naming it and what is supported."""
+    for variable, name in UNSUPPORTED_LAUNCHES.items():
+        if environ.get(variable, "false").lower() in ("true", "1"):
+            raise ConfigError(f"accelerate launch with {name} ({variable}={environ[variable]}, from its --config_file) is not "
+                              "supported; supported: DDP over any number of processes (configs/accelerate/ddp.yaml, "
+                              "configs/accelerate/cpu.yaml, or torchrun) and one process")
+
+
 def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     """Every check of a distillation config; returns the teacher's family (recorded in cfg.teacher.family). Needs no
     torch with vp_tables=False (the entry point's check before its heavy imports): a DDPM table's sigma range is then
     checked by validate, after them."""
+    check_launch()
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.kind

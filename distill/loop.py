@@ -1,7 +1,9 @@
 """The distillation run: accelerate orchestration only; the math lives in steps and losses."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from distill.build import Prepared, prepare
+from distill.checkpoint import complete_checkpoints
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.guard import EXIT_SIGTERM, StopRequest, TimeBudget, any_process
 from distill.logger import ScalarLog
@@ -62,6 +65,24 @@ def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir:
     return metrics
 
 
+@contextlib.contextmanager
+def crash_report(accelerator: Accelerator, counters: Counters, checkpoints: Path):
+    """An exception in the loop (on any process) is logged with the run's last sealed checkpoint, then raised: the
+    launcher (torchrun, accelerate) stops the other processes, and a re-run of the same command resumes there."""
+    try:
+        yield
+    except TrainingStopped:  # a stop the loop decided (SIGTERM, the non-finite guard): its message names the checkpoint
+        raise
+    except Exception as err:
+        sealed = complete_checkpoints(checkpoints)
+        last = f"the last sealed checkpoint is {sealed[-1][1]}" if sealed else "no checkpoint is sealed yet"
+        report = (f"process {accelerator.process_index} stopped at step {counters.step + 1} by {type(err).__name__}: {err}; "
+                  f"{last}; re-run the same command to resume")
+        log.error(report)  # into the run's cli.log
+        print(f"crashed: {report}", file=sys.stderr, flush=True)
+        raise
+
+
 def plot_inputs(task, draws: Draws, seed: int):
     """Fixed noise (and conditions 0, 1, ... of the table: labels, or prompts) for the progress sheets."""
     n = PLOT_SAMPLES[task.kind]
@@ -83,7 +104,7 @@ def run(cfg: DictConfig) -> dict:
     budget = TimeBudget(train.max_minutes, counters.train_seconds)
     last = counters.step if any_process(accelerator, budget.expired()) else train.max_steps  # resumed with the budget spent
     bar = tqdm(range(counters.step, last), initial=counters.step, total=train.max_steps, desc="distill", disable=not main, mininterval=2)
-    with StopRequest() as stop:
+    with StopRequest() as stop, crash_report(accelerator, counters, checkpoints):
         for _ in bar:
             # Update the fake score N times, then the student, then the EMA.
             factor = apply_lr_schedule(accelerator, (opt_g, opt_f), cfg.optim, train, counters)

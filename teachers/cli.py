@@ -4,10 +4,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
+from datetime import datetime
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from teachers.errors import ConfigError, TrainingStopped
 from teachers.schema import register
@@ -16,6 +18,21 @@ from teachers.schema import register
 # directory; the repository's top-level `configs` is a link to them.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "distill" / "configs"
 register()  # their schema (teachers.schema) is in hydra's ConfigStore wherever they are composed
+
+
+def launch_time(pattern: str) -> str:
+    """`${launch_time:%H-%M-%S}` in the default run directories: the start of the launcher (torchrun, `accelerate
+    launch`) for each process it started, so every process of a run resolves the same directory; the time now for a
+    process started alone (hydra's `${now:...}`). Across nodes, give hydra.run.dir."""
+    started = time.time()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import psutil
+
+        started = psutil.Process(os.getppid()).create_time()
+    return datetime.fromtimestamp(started).strftime(pattern)
+
+
+OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 
 
 def user_config_dirs(argv: list[str]) -> list[Path]:
