@@ -44,3 +44,12 @@ def test_the_console_process_itself_exits_2_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "distill", *argv_of(overrides, run_dir)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert_refused(done.returncode, done.stderr, message, run_dir)
+
+
+@pytest.mark.parametrize(("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_an_unsupported_accelerate_config_is_refused_by_name(tmp_path, variable, name, monkeypatch, capsys):
+    """What `accelerate launch --config_file fsdp.yaml` sets in each process: refused before any work."""
+    monkeypatch.setenv(variable, "true")
+    run_dir = tmp_path / "run"
+    code = run_cli(main, argv_of(["seed=0"], run_dir), monkeypatch)
+    assert_refused(code, capsys.readouterr().err, f"accelerate launch with {name} ({variable}=true", run_dir)

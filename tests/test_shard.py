@@ -2,6 +2,8 @@
 import json
 import os
 import subprocess
+import time
+from datetime import datetime
 import sys
 from pathlib import Path
 
@@ -65,3 +67,16 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
                     assert entry_two[name] == pytest.approx(entry_one[name], rel=1e-6, abs=1e-12), (label, name)
         assert sorted(p.name for p in (tmp_path / "two" / "samples" / label).iterdir()) == [f"{i:06d}.png" for i in range(96)]
     assert one["teacher_euler_nfe1"]["fid"] != one["teacher_heun_nfe3"]["fid"]  # two samplers, two sets of images
+
+
+def test_every_process_of_a_launch_resolves_one_run_directory(monkeypatch):
+    """${launch_time:...} is the launcher's start (the parent of every process it starts), not each process's clock."""
+    import psutil
+
+    from teachers.cli import launch_time
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    parent = psutil.Process(os.getppid()).create_time()
+    assert launch_time("%s") == datetime.fromtimestamp(parent).strftime("%s")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert abs(int(launch_time("%s")) - time.time()) < 5  # alone: hydra's ${now:...}
