@@ -34,6 +34,7 @@ def _steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines if line.endswith("}")]
 
 
+@pytest.mark.slow  # a 2-process run, about 45 s on 2 cores; the crash report's line is tested in CI in this process (below)
 def test_an_exception_on_one_rank_stops_every_rank_with_the_last_checkpoint_named(tmp_path):
     mark = tmp_path / "fault_time"
     proc = _torchrun(["tests/faults/raise_on_rank.py", "1", "5"], tmp_path / "run", "train.max_steps=8", "train.checkpoint_every=2",
@@ -72,3 +73,25 @@ def test_kill_9_of_a_two_process_run_then_resume_is_bitwise_identical(tmp_path):
         a = (reference / "checkpoints" / "step-12" / f"{name}.safetensors").read_bytes()
         assert a == (killed / "checkpoints" / "step-12" / f"{name}.safetensors").read_bytes(), name
     assert json.loads((killed / "metrics.json").read_text())["student_nfe1"]["num_processes"] == 2
+
+
+def test_a_crash_in_the_loop_names_the_process_the_step_and_the_last_sealed_checkpoint(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from distill.loop import crash_report
+    from distill.state import Counters
+    from teachers.errors import TrainingStopped
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (checkpoints / f"step-{step}").mkdir(parents=True)
+        (checkpoints / f"step-{step}" / "COMPLETE").write_text("")
+    (checkpoints / "step-6").mkdir()  # not sealed: never named
+    with pytest.raises(OSError), crash_report(SimpleNamespace(process_index=1), Counters(step=6), checkpoints):
+        raise OSError(28, "No space left on device")
+    line = capsys.readouterr().err.strip()
+    assert line == (f"crashed: process 1 stopped at step 7 by OSError: [Errno 28] No space left on device; the last sealed "
+                    f"checkpoint is {checkpoints / 'step-4'}; re-run the same command to resume")
+    with pytest.raises(TrainingStopped), crash_report(SimpleNamespace(process_index=0), Counters(), tmp_path / "none"):
+        raise TrainingStopped("SIGTERM at step 1: saved ...", 143)  # its own message names the checkpoint
+    assert capsys.readouterr().err == ""

@@ -20,14 +20,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from eval.collect import markdown_table
 from eval.features import DomainClassifier, class_probabilities, class_spread, class_total_variation, extract
 from eval.fid import Stats, class_mix_weights, fid, stats_of, weighted_stats_of
 from eval.images import draw_inputs
 from teachers.conditions import class_conditions
-from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns
+from eval.harness import SampleFn, read_student_sigmas, student_sample_fn, teacher_sample_fns, timed_sampling
 from teachers.data import load_images
 import teachers
 from teachers.zoo import zoo_path
@@ -74,8 +73,8 @@ def sampled_stats(name: str, fn: SampleFn, model, seed: int, num_samples: int, c
     """The row of a sampler's images from evaluation's seeded noise (and uniform labels, for a class-conditional
     model), in batches, clamped to [-1, 1] as evaluation does."""
     noise, cond = draw_inputs(num_samples, SHAPE, class_conditions(model.num_classes), seed)
-    conds = [None] * len(noise.split(BATCH)) if cond is None else cond.split(BATCH)
-    x = torch.cat([fn.fn(z, c) for z, c in tqdm(list(zip(noise.split(BATCH), conds)), desc=name, mininterval=2)]).clamp(-1, 1)
+    x, _ = timed_sampling(fn.fn, noise, BATCH, cond, desc=name, reseed=fn.reseed)  # a k-step student: its re-noising per batch
+    x = x.clamp(-1, 1)
     return image_stats(name, fn.nfe, x, class_probabilities(classifier, x, BATCH), extract(classifier, x, BATCH), ref)
 
 
