@@ -20,6 +20,7 @@ from distill.generator import StudentGenerator, trainable_copy
 from distill.guard import NonFiniteGuard
 from distill.lora import add_lora
 from distill.pairs import generate_pairs, load_pairs
+from distill.sharding import FsdpSettings, fsdp_settings, shard_network
 from distill.state import Counters, TrainState
 from distill.steps import Distiller, Draws, Networks, Settings, StepSampling, Stored
 from distill.terms import Needs, combined_needs
@@ -67,11 +68,12 @@ def trainable(network: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool = False, seed: int = 0, fake_steps: int = 1,
-                lora: DictConfig | None = None, gradient_checkpointing: bool = False) -> TrainState:
+                lora: DictConfig | None = None, gradient_checkpointing: bool = False, fsdp: FsdpSettings | None = None) -> TrainState:
     """Student and fake score as trainable copies of the teacher (with LoRA layers when lora.rank is set: the student's,
     and the fake score's with lora.fake_score), the GAN head on the fake score's bottleneck
     (DMD2), the fake score's step embedding when fake_steps > 1 (loss.step_aware_fake_score), their optimizers (head
-    and step embedding train with the fake score, as the head does in DMD2), the student EMA."""
+    and step embedding train with the fake score, as the head does in DMD2), the student EMA. With fsdp, the networks
+    are sharded over the processes (FSDP2) before their optimizers are made."""
     student, fake = trainable_copy(teacher), trainable_copy(teacher)
     if lora is not None and lora.rank is not None:
         add_lora(student, lora)
@@ -84,6 +86,10 @@ def build_state(teacher, optim: DictConfig, ema_decay: float | None, gan: bool =
         torch.manual_seed(seed)  # the head's initial weights do not depend on what ran before
         head = build_head(fake).train() if gan else None
     steps = build_step_embedding(fake, fake_steps).train() if fake_steps > 1 else None
+    if fsdp is not None:  # sharded before the optimizers and the EMA are made: they hold the sharded parameters
+        for network in (student, fake, head, steps):
+            if network is not None:
+                shard_network(network, fsdp)
     fake_groups = [{"params": trainable(fake)}]
     if head is not None:
         fake_groups.append({"params": list(head.parameters()), "lr": optim.gan_head_lr})
@@ -139,6 +145,8 @@ class Prepared:
     distiller: Distiller
     guard: NonFiniteGuard
     conditions: Conditions | None
+    teacher: torch.nn.Module  # the frozen teacher (never wrapped): the structure a sharded student is exported in
+    sharded: bool  # FSDP2: every process runs the student for plots, and gathers it for the export
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -148,6 +156,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     needs: Needs = combined_needs({**student_terms, **fake_terms})
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    fsdp = fsdp_settings()  # before the accelerator: it runs as for DDP, and the networks are sharded here
     accelerator = make_accelerator(run_dir, cfg.deterministic, cfg.train.mixed_precision)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
@@ -160,21 +169,24 @@ def prepare(cfg: DictConfig) -> Prepared:
         real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=needs.critic, seed=cfg.seed, fake_steps=fake_steps,
-                        lora=cfg.get("lora"), gradient_checkpointing=cfg.train.gradient_checkpointing)  # fails early
+                        lora=cfg.get("lora"), gradient_checkpointing=cfg.train.gradient_checkpointing, fsdp=fsdp)  # fails early
     # ODE pairs of the real score the student matches (guided, or exact), and real images for the GAN.
     pairs = setup_pairs(cfg, real, run_dir, accelerator, conditions) if needs.pairs else None
     real_data, real_conditions = task.real_data(cfg, teacher, device, conditions) if needs.critic else (None, None)
+
+    # Prepare the networks for accelerate (DDP wraps them; FSDP shards them in place), then resume into them.
+    plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
+    critic = Critic(state.fake_score, state.gan_head, state.step_embedding)
+    if fsdp is None:
+        generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
+    else:  # sharded already (FSDP2 units: each gathers its weights in its own forward); no DDP around them
+        (generator, fake_ddp), (opt_g, opt_f) = (plain_generator, critic), accelerator.prepare(state.student_optimizer, state.fake_optimizer)
+    if state.ema is not None:
+        state.ema.to(device)
     set_seed(cfg.seed, device_specific=True)  # the training stream starts here, however the set-up went
     counters = resume(state, run_dir / "checkpoints", cfg.train.resume_from, accelerator.process_index, accelerator.scaler)
     if counters.step == 0 and cfg.train.get("init_from"):  # a new stage (DMD2's GAN stage) from an earlier run's networks
         state.init_from(*load_checkpoint(Path(cfg.train.init_from), check_hashes=False))
-
-    # Prepare the networks for accelerate; the step's draws and settings.
-    plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
-    critic = Critic(state.fake_score, state.gan_head, state.step_embedding)
-    generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
-    if state.ema is not None:
-        state.ema.to(device)
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
     ranges = {key: dict(cfg.loss[key]) for key in ("sigma", "fake_sigma", "gan_sigma")}
     draws = Draws(device, tuple(teacher.shape), plain_generator, step_sampling(cfg, plain_generator), ranges, conditions)
@@ -182,4 +194,5 @@ def prepare(cfg: DictConfig) -> Prepared:
         Networks(accelerator, generator, fake_ddp, real, critic), opt_g, opt_f, student_terms, fake_terms, draws,
         Stored(pairs, conditions, real_data, real_conditions), settings(cfg, teacher),
     )
-    return Prepared(task, run_dir, accelerator, state, counters, real, plain_generator, distiller, guard, conditions)
+    return Prepared(task, run_dir, accelerator, state, counters, real, plain_generator, distiller, guard, conditions, teacher,
+                    fsdp is not None)

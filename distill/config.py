@@ -270,26 +270,38 @@ def check_domain_labels(data: DictConfig, eval_cfg: DictConfig) -> None:
         raise ConfigError(f"data.path={folder}: {UNLABELLED}")
 
 
-# What `accelerate launch --config_file` sets for the distributed types this toolkit does not run (it wraps the student
-# and the fake score in DDP; FSDP and DeepSpeed would shard them under the loss terms, which read them unwrapped).
-UNSUPPORTED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                        "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+# What `accelerate launch --config_file` sets for the distributed types this toolkit does not run.
+UNSUPPORTED_LAUNCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+SUPPORTED_LAUNCHES = ("DDP over any number of processes (configs/accelerate/ddp.yaml, cpu.yaml, or torchrun), FSDP2 "
+                      "(configs/accelerate/fsdp.yaml) and one process")
 
 
-def check_launch(environ=os.environ) -> None:
-    """Refuse a launch with an accelerate config this toolkit does not support, naming it and what is supported."""
+def _is_set(environ, variable: str) -> bool:
+    return environ.get(variable, "false").lower() in ("true", "1")
+
+
+def check_launch(lora: DictConfig | None, environ=os.environ) -> None:
+    """Refuse a launch with an accelerate config this toolkit does not support, naming it and what is supported:
+    DeepSpeed, Megatron-LM, FSDP version 1 (its flat parameters hide the networks the loss terms read), FSDP with LoRA
+    (peft's adapters beside frozen base weights in one sharded unit: not built)."""
     for variable, name in UNSUPPORTED_LAUNCHES.items():
-        if environ.get(variable, "false").lower() in ("true", "1"):
+        if _is_set(environ, variable):
             raise ConfigError(f"accelerate launch with {name} ({variable}={environ[variable]}, from its --config_file) is not "
-                              "supported; supported: DDP over any number of processes (configs/accelerate/ddp.yaml, "
-                              "configs/accelerate/cpu.yaml, or torchrun) and one process")
+                              f"supported; supported: {SUPPORTED_LAUNCHES}")
+    if not _is_set(environ, "ACCELERATE_USE_FSDP"):
+        return
+    version = environ.get("FSDP_VERSION", "1")
+    _require(version == "2", f"accelerate launch with FSDP version {version} (FSDP_VERSION, from its --config_file) is not "
+                             f"supported; set fsdp_config.fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+    _require(lora is None or lora.get("rank") is None, f"lora.rank={None if lora is None else lora.get('rank')} under FSDP is "
+             "not supported; train full weights under FSDP (lora.rank=null), or LoRA under DDP (configs/accelerate/ddp.yaml)")
 
 
 def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     """Every check of a distillation config; returns the teacher's family (recorded in cfg.teacher.family). Needs no
     torch with vp_tables=False (the entry point's check before its heavy imports): a DDPM table's sigma range is then
     checked by validate, after them."""
-    check_launch()
+    check_launch(cfg.get("lora"))
     _require(_is_int(cfg.seed), f"seed={cfg.seed}; it must be an integer")
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.kind

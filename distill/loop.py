@@ -15,9 +15,11 @@ from distill.build import Prepared, prepare
 from distill.checkpoint import complete_checkpoints
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.guard import EXIT_SIGTERM, StopRequest, TimeBudget, any_process
+from distill.generator import trainable_copy
 from distill.logger import ScalarLog
+from distill.sharding import whole_student
 from distill.schedule import budget_progress, lr_factor, set_lr_factor
-from distill.state import Counters, TrainState, save_training_state
+from distill.state import Counters, save_training_state
 from distill.steps import Draws, distill_step, scalars
 from distill.summary import summary_lines
 from distill.tasks import PLOT_SAMPLES
@@ -48,18 +50,22 @@ def is_due(done: int, every: int, last: int) -> bool:
     return done % every == 0 or done == last
 
 
-def export_and_evaluate(cfg: DictConfig, task, state: TrainState, real, run_dir: Path, accelerator: Accelerator) -> dict:
+def export_and_evaluate(cfg: DictConfig, p: Prepared) -> dict:
     """Export the student (EMA weights; the main process), reload it from disk, and evaluate it beside the teacher's
     sampler(s): every process samples its share of the seeds, the main process computes the figures ({} elsewhere)."""
+    accelerator, state, run_dir = p.accelerator, p.state, p.run_dir
     shard = Shard(accelerator.process_index, accelerator.num_processes)
+    student, ema = state.student, state.ema
+    if p.sharded:  # FSDP: every process gathers the weights into a plain copy of the teacher
+        student, ema = whole_student(state.student, state.ema, trainable_copy(p.teacher)), None
     if shard.main:
         sigmas = cfg.student.sigmas or [state.student.sigma_max]
         teacher = None if cfg.teacher.path is None else str(cfg.teacher.path)
         record = student_record(sigmas, cfg.loss.guidance_scale, teacher, record_prompts(cfg), cfg.teacher.get("family"))
-        export_student(state.student, state.ema, run_dir / "student", record, run_dir)
+        export_student(student, ema, run_dir / "student", record, run_dir)
     accelerator.wait_for_everyone()
     student = teachers.load(run_dir / "student", key="student", family=cfg.teacher.get("family")).to(accelerator.device)
-    metrics = task.evaluate(cfg, student, real, run_dir, accelerator.device, shard)
+    metrics = p.task.evaluate(cfg, student, p.real, run_dir, accelerator.device, shard)
     if shard.main:
         write_model_card(run_dir / "student", run_dir)  # now with the figures
     return metrics
@@ -119,7 +125,7 @@ def run(cfg: DictConfig) -> dict:
                 logged = scalars(logs) | totals | {"time/train_minutes": counters.train_seconds / 60}
                 scalar_log.log(logged, step=done)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss")}, refresh=False)
-            if main and is_due(done, train.plot_every, train.max_steps):
+            if (main or p.sharded) and is_due(done, train.plot_every, train.max_steps):  # FSDP: every process samples
                 task.plot(plain_generator, z_plot, cond_plot, run_dir / "grids" / f"step-{done:06d}.png", accelerator, done)
             # Save a checkpoint; on SIGTERM (preemption) save one and stop.
             preempted = any_process(accelerator, stop.received)
@@ -133,7 +139,7 @@ def run(cfg: DictConfig) -> dict:
                 break
 
     # Export the student and evaluate it beside the teacher's full sampler.
-    metrics = export_and_evaluate(cfg, task, state, p.real, run_dir, accelerator)
+    metrics = export_and_evaluate(cfg, p)
     accelerator.end_training()
     if main:
         print("\n".join(summary_lines(metrics, run_dir)), flush=True)

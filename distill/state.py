@@ -13,6 +13,7 @@ from diffusers.training_utils import EMAModel
 from distill.checkpoint import CorruptCheckpoint, complete_checkpoints, flatten_optimizer_state, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
 from distill.guard import EXIT_NON_FINITE
 from distill.rng import rng_state, set_rng_state
+from distill.sharding import full, full_optimizer_state, full_state_dict, load_full_optimizer_state, load_full_state_dict, shaped_like
 from teachers.errors import TrainingStopped
 
 
@@ -42,50 +43,53 @@ class TrainState:
     step_embedding: torch.nn.Module | None = None  # loss.step_aware_fake_score; trained by fake_optimizer (its last group)
 
     def tensors_and_json(self, counters: Counters, scaler=None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-        """Everything the main process saves: tensors for safetensors files, the rest as json."""
-        opt_g, rest_g = flatten_optimizer_state(self.student_optimizer.state_dict())
-        opt_f, rest_f = flatten_optimizer_state(self.fake_optimizer.state_dict())
+        """Everything the main process saves: tensors for safetensors files, the rest as json. Every process calls it:
+        sharded (FSDP) weights and moments are gathered whole, the format of one process."""
+        opt_g, rest_g = flatten_optimizer_state(full_optimizer_state(self.student_optimizer))
+        opt_f, rest_f = flatten_optimizer_state(full_optimizer_state(self.fake_optimizer))
         tensors = {
-            "student": self.student.state_dict(),
-            "fake_score": self.fake_score.state_dict(),
+            "student": full_state_dict(self.student),
+            "fake_score": full_state_dict(self.fake_score),
             "student_optimizer": opt_g,
             "fake_optimizer": opt_f,
         }
         state = {"counters": vars(counters), "student_optimizer": rest_g, "fake_optimizer": rest_f}
         state["data_position"] = "regression batches are drawn with the torch RNG, saved per process in rng-<rank>"
         if self.gan_head is not None:
-            tensors["gan_head"] = self.gan_head.state_dict()
+            tensors["gan_head"] = full_state_dict(self.gan_head)
         if self.step_embedding is not None:
-            tensors["step_embedding"] = self.step_embedding.state_dict()
+            tensors["step_embedding"] = full_state_dict(self.step_embedding)
         if self.ema is not None:
             ema_state = self.ema.state_dict()
-            tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
+            tensors["ema"] = {str(i): full(p) for i, p in enumerate(ema_state.pop("shadow_params"))}
             state["ema"] = ema_state
         if scaler is not None:
             state["grad_scaler"] = scaler.state_dict()
         return tensors, state
 
     def weights_finite(self) -> bool:
-        """True when no weight of the student, fake score or EMA is NaN or infinite."""
+        """True when no weight of the student, fake score or EMA is NaN or infinite (every process calls it: a sharded
+        weight is checked whole)."""
         extras = [p for m in (self.gan_head, self.step_embedding) if m is not None for p in m.parameters()]
         tensors = [*self.student.parameters(), *self.fake_score.parameters(), *extras, *(self.ema.shadow_params if self.ema else [])]
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
+        return all([bool(torch.isfinite(full(t)).all()) for t in tensors])  # a list: every gather runs on every process
 
     def restore(self, tensors: dict[str, dict[str, torch.Tensor]], state: dict, rank: int, scaler=None) -> Counters:
-        """Put a loaded checkpoint back (this process's RNG included); returns its counters."""
-        self.student.load_state_dict(tensors["student"])
-        self.fake_score.load_state_dict(tensors["fake_score"])
+        """Put a loaded checkpoint back (this process's RNG included; whole tensors, sharded where the networks are);
+        returns its counters."""
+        load_full_state_dict(self.student, tensors["student"])
+        load_full_state_dict(self.fake_score, tensors["fake_score"])
         if self.gan_head is not None:
             if "gan_head" not in tensors:
                 raise CorruptCheckpoint("it has no GAN head, but this run has one (loss.gan_*_weight > 0); resume with the GAN off")
-            self.gan_head.load_state_dict(tensors["gan_head"])
+            load_full_state_dict(self.gan_head, tensors["gan_head"])
         fake_optimizer = unflatten_optimizer_state(tensors["fake_optimizer"], state["fake_optimizer"])
         if self.restore_step_embedding(tensors):
             fake_optimizer = with_new_groups(fake_optimizer, self.fake_optimizer.state_dict())
-        self.student_optimizer.load_state_dict(unflatten_optimizer_state(tensors["student_optimizer"], state["student_optimizer"]))
-        self.fake_optimizer.load_state_dict(fake_optimizer)
+        load_full_optimizer_state(self.student_optimizer, unflatten_optimizer_state(tensors["student_optimizer"], state["student_optimizer"]))
+        load_full_optimizer_state(self.fake_optimizer, fake_optimizer)
         if self.ema is not None:
-            shadow = [tensors["ema"][str(i)] for i in range(len(tensors["ema"]))]
+            shadow = [shaped_like(tensors["ema"][str(i)], p) for i, p in enumerate(self.student.parameters())]
             self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
@@ -99,15 +103,15 @@ class TrainState:
         """Start a new stage from an earlier run's checkpoint (train.init_from): the student from its EMA weights when
         it has them, the fake score (and GAN head, step embedding) as saved; optimizers, counters and the EMA fresh
         (a head or step embedding the checkpoint lacks starts as built)."""
-        self.student.load_state_dict(tensors["student"])
+        load_full_state_dict(self.student, tensors["student"])
         if "ema" in tensors:  # EMAModel's shadow params, in student.parameters() order
             for i, param in enumerate(self.student.parameters()):
-                param.data.copy_(tensors["ema"][str(i)])
-        self.fake_score.load_state_dict(tensors["fake_score"])
+                param.data.copy_(shaped_like(tensors["ema"][str(i)], param))
+        load_full_state_dict(self.fake_score, tensors["fake_score"])
         if self.gan_head is not None and "gan_head" in tensors:
-            self.gan_head.load_state_dict(tensors["gan_head"])
+            load_full_state_dict(self.gan_head, tensors["gan_head"])
         if self.step_embedding is not None and "step_embedding" in tensors:
-            self.step_embedding.load_state_dict(tensors["step_embedding"])
+            load_full_state_dict(self.step_embedding, tensors["step_embedding"])
         if self.ema is not None:
             self.ema.shadow_params = [p.detach().clone() for p in self.student.parameters()]
 
@@ -126,7 +130,7 @@ class TrainState:
         steps, ours = saved["table.weight"].shape[0], self.step_embedding.num_steps
         if steps != ours:
             raise CorruptCheckpoint(f"its fake score's step embedding is for {steps} student steps, this run's student has {ours}")
-        self.step_embedding.load_state_dict(saved)
+        load_full_state_dict(self.step_embedding, saved)
         return False
 
 
@@ -154,8 +158,8 @@ def save_training_state(accelerator: Accelerator, state: TrainState, counters: C
     write_tensors(staging, f"rng-{accelerator.process_index}", rng_state())
     accelerator.wait_for_everyone()
     final = root / f"step-{counters.step}"
+    tensors, meta = state.tensors_and_json(counters, accelerator.scaler)  # on every process: sharded weights are gathered
     if main:
-        tensors, meta = state.tensors_and_json(counters, accelerator.scaler)
         for name, values in tensors.items():
             write_tensors(staging, name, values)
         write_json(staging, "state", meta)

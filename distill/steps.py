@@ -12,6 +12,7 @@ from distill.gan import batch_mean, frozen
 from distill.guard import NonFiniteGuard, any_process
 from distill.noise import sample_dmd_sigma
 from distill.state import Counters
+from distill.sharding import full
 from distill.terms import Needs, Term, combined_needs
 from teachers.base import expand_sigma
 from teachers.conditions import Conditions
@@ -25,7 +26,7 @@ def apply_update(accelerator: Accelerator, loss: torch.Tensor, model, optimizer,
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     max_norm = grad_clip if grad_clip else float("inf")
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm).detach()
+    grad_norm = full(accelerator.clip_grad_norm_(model.parameters(), max_norm)).detach()  # whole: a sharded (FSDP) norm too
     skipped = any_process(accelerator, ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)))
     if skipped:
         optimizer.zero_grad(set_to_none=True)

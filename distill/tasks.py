@@ -31,6 +31,15 @@ def log_image(accelerator: Accelerator, path: Path, step: int) -> None:
     tracker.log_images({"student_samples": matplotlib.image.imread(path)[..., :3]}, step=step, dataformats="HWC")
 
 
+def save_sheet(accelerator: Accelerator, x: torch.Tensor, path: Path, step: int) -> None:
+    """An 8-wide sheet of images NCHW in [-1, 1] to a PNG and tensorboard, by the main process (every process samples a
+    sharded (FSDP) student's sheet; one writes it)."""
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
+        log_image(accelerator, path, step)
+
+
 def plot_generator(z: torch.Tensor) -> torch.Generator:
     """Fixed re-noising for multi-step students' progress sheets, apart from the training RNG."""
     return torch.Generator(device=z.device).manual_seed(0)
@@ -74,9 +83,10 @@ class ToyTask:
         """Scatter sheet of data and student samples from fixed noise."""
         with torch.no_grad():
             x = generator.sample(z_plot, None, plot_generator(z_plot)).float().cpu().numpy()
-        ref = self.mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
-        scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
-        log_image(accelerator, path, step)
+        if accelerator.is_main_process:  # every process samples a sharded (FSDP) student; one writes
+            ref = self.mixture.sample(len(z_plot), generator=torch.Generator().manual_seed(0)).numpy()
+            scatter_panels({"data": ref, f"student, step {step}": x}, path, ref)
+            log_image(accelerator, path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device, shard: Shard = Shard()) -> dict:
         return evaluate_models(cfg, real, student, run_dir, device, mixture=self.mixture, shard=shard)
@@ -108,9 +118,7 @@ class ImageTask:
         """An 8x8 sheet of student samples from fixed noise (and labels)."""
         with torch.no_grad():
             x = generator.sample(z_plot, cond_plot, plot_generator(z_plot)).float().cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid((x.clamp(-1, 1) + 1) / 2, nrow=8, pad_value=1.0), path)
-        log_image(accelerator, path, step)
+        save_sheet(accelerator, x.clamp(-1, 1), path, step)
 
     def evaluate(self, cfg, student, real, run_dir: Path, device, shard: Shard = Shard()) -> dict:
         """FID beside the teacher's full sampler; each process of the shard samples its share of the seeds."""
@@ -145,9 +153,7 @@ class LatentTask(ImageTask):
         """An 8x8 sheet of decoded student samples from fixed noise and the first prompts."""
         with torch.no_grad():
             x = generator.denoiser.preview(generator.sample(z_plot, cond_plot, plot_generator(z_plot))).float().cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid((x + 1) / 2, nrow=8, pad_value=1.0), path)
-        log_image(accelerator, path, step)
+        save_sheet(accelerator, x, path, step)
 
     def real_data(self, cfg, teacher, device, conditions=None) -> tuple[tuple[torch.Tensor, ...], Conditions | None]:
         """((latents[, rows]), the table the rows index) for the GAN's real side: the training images through the VAE

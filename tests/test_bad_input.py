@@ -46,10 +46,15 @@ def test_the_console_process_itself_exits_2_with_one_line(tmp_path):
     assert_refused(done.returncode, done.stderr, message, run_dir)
 
 
-@pytest.mark.parametrize(("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_an_unsupported_accelerate_config_is_refused_by_name(tmp_path, variable, name, monkeypatch, capsys):
-    """What `accelerate launch --config_file fsdp.yaml` sets in each process: refused before any work."""
-    monkeypatch.setenv(variable, "true")
+@pytest.mark.parametrize(("environ", "overrides", "message"), [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, [], "accelerate launch with DeepSpeed (ACCELERATE_USE_DEEPSPEED=true"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [], "accelerate launch with FSDP version 1 (FSDP_VERSION"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, ["lora.rank=4"], "lora.rank=4 under FSDP is not supported"),
+])
+def test_an_unsupported_accelerate_config_is_refused_by_name(tmp_path, environ, overrides, message, monkeypatch, capsys):
+    """What `accelerate launch --config_file ...` sets in each process: refused before any work."""
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
     run_dir = tmp_path / "run"
-    code = run_cli(main, argv_of(["seed=0"], run_dir), monkeypatch)
-    assert_refused(code, capsys.readouterr().err, f"accelerate launch with {name} ({variable}=true", run_dir)
+    code = run_cli(main, argv_of(["seed=0", *overrides], run_dir), monkeypatch)
+    assert_refused(code, capsys.readouterr().err, message, run_dir)
