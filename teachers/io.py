@@ -67,5 +67,6 @@ def denoiser_digest(denoiser: torch.nn.Module) -> str:
     digest = hashlib.sha256(f"{type(denoiser).__name__}{sorted(constants.items())}".encode())
     for name, tensor in sorted(denoiser.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # Its bytes (the same as NumPy's for the dtypes NumPy has; bfloat16, a teacher.dtype, it has not).
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -1,6 +1,7 @@
 """Cached reference statistics and trained classifiers are keyed by the data that defines them, not by data.name."""
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -145,3 +146,19 @@ def test_the_shipped_mnist_cond_samples_are_its_teachers_heun_samples():
         fresh = fn.fn(noise[:6], cond[:6])
     with np.load(entry / "samples.npz") as data:
         torch.testing.assert_close(torch.from_numpy(data["samples"][:6]), fresh, rtol=1e-4, atol=1e-4)
+
+
+def test_a_bfloat16_teachers_digest_is_its_bytes():
+    """teacher.dtype=bfloat16 keys cached samples too (NumPy has no bfloat16); float32 digests are unchanged."""
+    import hashlib
+
+    from teachers.io import denoiser_digest
+
+    net = torch.nn.Linear(3, 2)
+    half = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    assert denoiser_digest(half) != denoiser_digest(net) and len(denoiser_digest(half)) == 64
+    expected = hashlib.sha256(f"Linear{sorted(dict.fromkeys(('sigma_min', 'sigma_max', 'sigma_data', 'scale', 'null_class')).items())}".encode())
+    for name, tensor in sorted(net.state_dict().items()):
+        expected.update(name.encode())
+        expected.update(tensor.numpy().tobytes())
+    assert denoiser_digest(net) == expected.hexdigest()
