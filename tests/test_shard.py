@@ -42,9 +42,11 @@ def test_a_k_step_student_makes_the_same_images_split_over_processes():
 FIGURES = ("fid", "fid_vs_teacher", "fid_torchmetrics", "kid", "precision", "recall", "class_tv")
 
 
+@pytest.mark.slow  # about 40 s (two interpreters on 2 cores); CI holds python -m distill's sharded evaluation to the
+# 1-process figures instead (tests/test_smoke.py::test_two_process_run_with_torchrun)
 def test_two_process_evaluation_equals_one_process(tmp_path):
     """`torchrun --nproc_per_node 2 -m eval` of a stored teacher's two samplers: the 1-process figures (both feature
-    spaces), num_processes 2, every seed's PNG. (python -m distill's sharded evaluation: tests/test_smoke.py.)"""
+    spaces), num_processes 2, every seed's PNG."""
     from eval.run import run as evaluate
 
     teacher = save_pretrained_atomic(tiny_unet_denoiser(), tmp_path / "teacher")

@@ -78,18 +78,30 @@ def test_teacher_train_then_eval_cli(tmp_path, monkeypatch):
 
 
 def test_two_process_run_with_torchrun(tmp_path):
-    # DDP over gloo on the CPU: one teacher, one writer, both processes in step.
-    torchrun = Path(sys.executable).with_name("torchrun")
+    """DDP over gloo on the CPU: one teacher, one writer, both processes in step; the evaluation sharded over both
+    gives the figures one process gets for the exported student (relative 1e-6)."""
+    from eval.run import run as evaluate
+
+    torchrun, run_dir, cache = Path(sys.executable).with_name("torchrun"), tmp_path / "run", tmp_path / "cache"
+    common = ["data=digits", f"eval.cache_dir={cache}", "eval.second_classifier=null", "eval.cache_teacher_samples=false"]
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "distill", "experiment=toy_gmm", "debug=cpu_tiny", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [str(torchrun), "--nproc_per_node", "2", "-m", "distill", "experiment=mnist", "debug=cpu_tiny_image", *common,
+         f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "checkpoints" / "step-2" / "COMPLETE").is_file()
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["student_nfe1"]["nfe"] == 1 and metrics["student_nfe1"]["num_processes"] == 2
-    assert metrics["data"]["num_samples"] == 256  # the main process's share, and the other's (none: 256 < one batch)
+    assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
     assert done.stderr.count("teacher: 100%") == 1  # trained once, by the main process
+    two = json.loads((run_dir / "metrics.json").read_text())
+    one = evaluate(compose_config("eval", [
+        *common, "eval=fid", "teacher=unet", f"teacher.path={run_dir / 'teacher'}", f"student_path={run_dir / 'student'}",
+        "eval.num_samples=64", "eval.batch_size=32", "eval.teacher_samplers=[{name:heun,num_steps:2}]",
+        "eval.classifier_fit={steps:5,batch_size:32,lr:2.0e-3}", "eval.bootstrap_resamples=20", "eval.kid_subsets=10",
+        f"run_dir={tmp_path / 'one'}"]))
+    assert set(one) == set(two) == {"teacher_heun_nfe3", "student_nfe1"}
+    for label in one:
+        assert (one[label]["num_processes"], two[label]["num_processes"]) == (1, 2)
+        for name in ("fid", "fid_vs_teacher", "fid_torchmetrics", "kid", "recall", "class_tv"):
+            assert two[label][name] == pytest.approx(one[label][name], rel=1e-6, abs=1e-12), (label, name)
 
 
 def test_multirun_sweep_over_teachers_writes_one_run_each(tmp_path):
