@@ -90,7 +90,7 @@ def evaluate_models(cfg: DictConfig, teacher, student, run_dir: Path, device, mi
     if mixture is not None:
         return evaluate_toy(sample_fns, mixture, run_dir, shard=shard, **cfg.eval)
     base = teacher.unguided  # a guided real score's own teacher: its conditions and its VAE
-    conditions = shard.main_first(lambda: conditions_for(base, cfg.data, "test", cfg.eval.cache_dir))  # text embeddings: cached by the main process
+    conditions = conditions_for(base, cfg.data, "test", cfg.eval.cache_dir, shard)  # prompt embeddings: in shares
     if base.latent:  # a latent teacher: every sampler's time and images include the VAE decode
         crop, size = cfg.eval.get("center_crop"), cfg.data.get("resolution")
         sample_fns = {label: decoded(fn, base, crop, size) for label, fn in sample_fns.items()}

@@ -135,9 +135,21 @@ def load_prompts(prompts_cfg, part: str) -> tuple[list[str], list[int] | None]:
     raise ConfigError(f"data.prompts.source={source}; allowed: {', '.join(PROMPT_SOURCES)}")
 
 
-def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cache_dir: str | Path | None) -> Conditions:
+def embedded(denoiser, prompts: list[str], shard=None):
+    """The prompts' embeddings (a condition table). With a shard of several processes (eval.shard.Shard: span,
+    gather), each process embeds a contiguous share of the prompts and the shares are joined in order."""
+    if shard is None or shard.num_processes == 1:
+        return denoiser.encode_condition(prompts).cpu()
+    part = shard.span(len(prompts), -(-len(prompts) // shard.num_processes))
+    mine = flat_tensors(denoiser.encode_condition(prompts[part]).cpu()) if part.start < part.stop else None
+    parts = [p for p in shard.gather(mine) if p is not None]
+    return from_flat_tensors({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+
+
+def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cache_dir: str | Path | None, shard=None) -> Conditions:
     """The prompts' text embeddings as a condition table, read from cache_dir/text_embeddings when this text encoder
-    has embedded this prompt set before (keyed by the encoder's weights, the tokenizer's vocabulary and the prompts)."""
+    has embedded this prompt set before (keyed by the encoder's weights, the tokenizer's vocabulary and the prompts).
+    With a shard, the processes embed their shares (`embedded`) and the main one writes the cache."""
     from safetensors.torch import load_file, save_file
 
     from teachers.io import write_folder_atomic
@@ -149,8 +161,8 @@ def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cac
     folder = None if cache_dir is None else Path(cache_dir) / "text_embeddings" / key.hexdigest()[:24]
     if folder is not None and (folder / "embeddings.safetensors").is_file():
         return Conditions(from_flat_tensors(load_file(folder / "embeddings.safetensors")), list(prompts), labels)
-    table = denoiser.encode_condition(list(prompts)).cpu()
-    if folder is not None:
+    table = embedded(denoiser, list(prompts), shard)  # every process looked for the cache before the main one writes it
+    if folder is not None and (shard is None or shard.main):
         def write(tmp: Path) -> None:
             tmp.mkdir(parents=True)
             save_file({name: t.contiguous() for name, t in flat_tensors(table).items()}, tmp / "embeddings.safetensors")
@@ -160,14 +172,14 @@ def text_conditions(denoiser, prompts: list[str], classes: list[int] | None, cac
     return Conditions(table, list(prompts), labels)
 
 
-def conditions_for(denoiser, data_cfg, part: str, cache_dir=None) -> Conditions | None:
-    """The condition table of a teacher: its prompt set's embeddings (text-to-image), its labels (class-conditional),
-    or None (unconditional)."""
+def conditions_for(denoiser, data_cfg, part: str, cache_dir=None, shard=None) -> Conditions | None:
+    """The condition table of a teacher: its prompt set's embeddings (text-to-image; with a shard, embedded by the
+    processes in shares), its labels (class-conditional), or None (unconditional)."""
     if denoiser.text_conditional:
         if data_cfg.get("prompts") is None:
             raise ConfigError("a text-to-image teacher needs prompts: set data.prompts (e.g. data=mnist_sd or data=prompts)")
         prompts, classes = load_prompts(data_cfg.prompts, part)
-        return text_conditions(denoiser, prompts, classes, cache_dir)
+        return text_conditions(denoiser, prompts, classes, cache_dir, shard)
     if data_cfg.get("prompts") is not None:
         raise ConfigError(f"data.prompts is set but the teacher is not text-to-image ({type(denoiser).__name__}); "
                           "use data=mnist (or another image data set) for class-conditional and unconditional teachers")

@@ -2,9 +2,10 @@
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from datetime import datetime
-import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,49 @@ def test_every_process_of_a_launch_resolves_one_run_directory(monkeypatch):
     assert launch_time("%s") == datetime.fromtimestamp(parent).strftime("%s")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert abs(int(launch_time("%s")) - time.time()) < 5  # alone: hydra's ${now:...}
+
+
+class ThreadShard(Shard):
+    """Two processes played by two threads of this one: gather is a barrier over a shared board."""
+
+    board: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def gather(self, part) -> list:
+        self.board[self.rank] = part
+        self.barrier.wait()
+        out = list(self.board)
+        self.barrier.wait()
+        return out
+
+
+def test_prompt_embeddings_made_in_shares_equal_one_processs(tmp_path):
+    """eval's text conditions on two processes: each embeds a contiguous share of the prompts; both get every row."""
+    from conftest import tiny_sd_denoiser
+    from teachers.conditions import text_conditions
+
+    teacher = tiny_sd_denoiser()
+    prompts = [f"a handwritten digit {i}" for i in range(7)]  # 4 + 3 rows
+    whole = text_conditions(teacher, prompts, None, None).table
+    tables, embedded_by = [None, None], {}
+    encode = teacher.encode_condition
+
+    def recorded(share: list[str]):
+        embedded_by[threading.current_thread().name] = list(share)
+        return encode(share)
+
+    teacher.encode_condition = recorded
+
+    def process(rank: int) -> None:
+        tables[rank] = text_conditions(teacher, prompts, None, tmp_path / "cache", ThreadShard(rank, 2)).table
+
+    threads = [threading.Thread(target=process, args=(rank,), name=f"rank{rank}") for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert embedded_by == {"rank0": prompts[:4], "rank1": prompts[4:]}  # each its own share, not the whole set
+    for table in tables:
+        torch.testing.assert_close(table, whole, rtol=1e-5, atol=1e-6)
+    assert len(list((tmp_path / "cache" / "text_embeddings").iterdir())) == 1  # written once, by the main process
+    torch.testing.assert_close(text_conditions(teacher, prompts, None, tmp_path / "cache").table, whole, rtol=1e-5, atol=1e-6)
