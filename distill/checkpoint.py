@@ -34,6 +34,18 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted((step, p) for step, p in found if (p / COMPLETE_MARKER).is_file())
 
 
+def last_sealed(root: Path) -> Path | None:
+    """The newest sealed checkpoint under root (not verified), or None."""
+    sealed = complete_checkpoints(root)
+    return sealed[-1][1] if sealed else None
+
+
+def last_sealed_note(root: Path) -> str:
+    """Where a stopped run resumes from, for its message: the newest sealed checkpoint, or that there is none yet."""
+    path = last_sealed(root)
+    return f"the last sealed checkpoint is {path}" if path else "no checkpoint is sealed yet"
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

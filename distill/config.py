@@ -276,7 +276,8 @@ SUPPORTED_LAUNCHES = ("DDP over any number of processes (configs/accelerate/ddp.
                       "(configs/accelerate/fsdp.yaml) and one process")
 
 
-def _is_set(environ, variable: str) -> bool:
+def env_flag(environ, variable: str) -> bool:
+    """An environment variable that `accelerate launch` sets to true (or 1)."""
     return environ.get(variable, "false").lower() in ("true", "1")
 
 
@@ -285,10 +286,10 @@ def check_launch(lora: DictConfig | None, environ=os.environ) -> None:
     DeepSpeed, Megatron-LM, FSDP version 1 (its flat parameters hide the networks the loss terms read), FSDP with LoRA
     (peft's adapters beside frozen base weights in one sharded unit: not built)."""
     for variable, name in UNSUPPORTED_LAUNCHES.items():
-        if _is_set(environ, variable):
+        if env_flag(environ, variable):
             raise ConfigError(f"accelerate launch with {name} ({variable}={environ[variable]}, from its --config_file) is not "
                               f"supported; supported: {SUPPORTED_LAUNCHES}")
-    if not _is_set(environ, "ACCELERATE_USE_FSDP"):
+    if not env_flag(environ, "ACCELERATE_USE_FSDP"):
         return
     version = environ.get("FSDP_VERSION", "1")
     _require(version == "2", f"accelerate launch with FSDP version {version} (FSDP_VERSION, from its --config_file) is not "

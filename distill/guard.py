@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from distill.checkpoint import complete_checkpoints
+from distill.checkpoint import last_sealed
 from teachers.errors import TrainingStopped
 
 EXIT_NON_FINITE = 3
@@ -40,8 +40,7 @@ class NonFiniteGuard:
         self.consecutive[network] = self.consecutive.get(network, 0) + 1 if skipped else 0
         self.skipped[network] = self.skipped.get(network, 0) + int(skipped)
         if self.consecutive[network] >= self.max_consecutive:
-            found = complete_checkpoints(self.checkpoints)
-            last_checkpoint = found[-1][1] if found else "none (none saved yet)"
+            last_checkpoint = last_sealed(self.checkpoints) or "none (none saved yet)"
             raise TrainingStopped(
                 f"{self.max_consecutive} consecutive non-finite updates of the {network} (step {step}); "
                 f"the last good checkpoint is {last_checkpoint}. Lower its learning rate or train.grad_clip, then re-run to resume",

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from distill.build import Prepared, prepare
-from distill.checkpoint import complete_checkpoints
+from distill.checkpoint import last_sealed_note
 from distill.export import export_student, record_prompts, student_record, write_model_card
 from distill.guard import EXIT_SIGTERM, StopRequest, TimeBudget, any_process
 from distill.generator import trainable_copy
@@ -80,10 +80,8 @@ def crash_report(accelerator: Accelerator, counters: Counters, checkpoints: Path
     except TrainingStopped:  # a stop the loop decided (SIGTERM, the non-finite guard): its message names the checkpoint
         raise
     except Exception as err:
-        sealed = complete_checkpoints(checkpoints)
-        last = f"the last sealed checkpoint is {sealed[-1][1]}" if sealed else "no checkpoint is sealed yet"
         report = (f"process {accelerator.process_index} stopped at step {counters.step + 1} by {type(err).__name__}: {err}; "
-                  f"{last}; re-run the same command to resume")
+                  f"{last_sealed_note(checkpoints)}; re-run the same command to resume")
         log.error(report)  # into the run's cli.log
         print(f"crashed: {report}", file=sys.stderr, flush=True)
         raise

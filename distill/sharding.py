@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from distill.config import env_flag
+
 
 @dataclass(frozen=True)
 class FsdpSettings:
@@ -22,7 +24,7 @@ def fsdp_settings(environ=os.environ) -> FsdpSettings | None:
     """The FSDP2 settings of an FSDP launch (ACCELERATE_USE_FSDP, checked to be version 2 by distill.config), else
     None. The flag is taken out of the environment: the toolkit shards the networks itself (on CPU processes too,
     where accelerate runs no FSDP), and accelerate then runs as for DDP, without wrapping them."""
-    if environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
+    if not env_flag(environ, "ACCELERATE_USE_FSDP"):
         return None
     environ.pop("ACCELERATE_USE_FSDP")
     return FsdpSettings(int(float(environ.get("FSDP_MIN_NUM_PARAMS", 1e8))),

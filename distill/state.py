@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
-from distill.checkpoint import CorruptCheckpoint, complete_checkpoints, flatten_optimizer_state, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
+from distill.checkpoint import CorruptCheckpoint, flatten_optimizer_state, last_sealed_note, seal, staging_dir, unflatten_optimizer_state, write_json, write_tensors
 from distill.guard import EXIT_NON_FINITE
 from distill.rng import rng_state, set_rng_state
 from distill.sharding import full, full_optimizer_state, full_state_dict, load_full_optimizer_state, load_full_state_dict, shaped_like
@@ -147,9 +147,7 @@ def with_new_groups(saved: dict, current: dict) -> dict:
 def save_training_state(accelerator: Accelerator, state: TrainState, counters: Counters, root: Path, keep_last: int) -> Path:
     """Every process writes its RNG into the staging folder; the main process writes the rest and seals it."""
     if not state.weights_finite():
-        sealed = complete_checkpoints(root)
-        last = f"the last sealed checkpoint is {sealed[-1][1]}" if sealed else "no checkpoint is sealed yet"
-        raise TrainingStopped(f"non-finite weights at step {counters.step}; they were not saved; {last}", EXIT_NON_FINITE)
+        raise TrainingStopped(f"non-finite weights at step {counters.step}; they were not saved; {last_sealed_note(root)}", EXIT_NON_FINITE)
     staging, main = staging_dir(root, counters.step), accelerator.is_main_process
     if main:
         shutil.rmtree(staging, ignore_errors=True)

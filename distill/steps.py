@@ -11,8 +11,8 @@ from accelerate import Accelerator
 from distill.gan import batch_mean, frozen
 from distill.guard import NonFiniteGuard, any_process
 from distill.noise import sample_dmd_sigma
-from distill.state import Counters
 from distill.sharding import full
+from distill.state import Counters
 from distill.terms import Needs, Term, combined_needs
 from teachers.base import expand_sigma
 from teachers.conditions import Conditions

@@ -9,9 +9,9 @@ from accelerate import Accelerator
 from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
+from eval.plots import scatter_panels
 from eval.run import evaluate_models
 from eval.shard import Shard
-from eval.plots import scatter_panels
 from teachers.conditions import Conditions, conditions_for, text_conditions
 from teachers.data import check_fits, has_captions, load_captioned_images, load_images
 from teachers.errors import ConfigError

@@ -5,8 +5,8 @@ import functools
 import os
 import sys
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
