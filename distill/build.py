@@ -189,7 +189,8 @@ def prepare(cfg: DictConfig) -> Prepared:
         state.init_from(*load_checkpoint(Path(cfg.train.init_from), check_hashes=False))
     guard = NonFiniteGuard(cfg.train.max_consecutive_skips, run_dir / "checkpoints", counters.skipped)
     ranges = {key: dict(cfg.loss[key]) for key in ("sigma", "fake_sigma", "gan_sigma")}
-    draws = Draws(device, tuple(teacher.shape), plain_generator, step_sampling(cfg, plain_generator), ranges, conditions)
+    draws = Draws(device, tuple(teacher.shape), plain_generator, step_sampling(cfg, plain_generator), ranges, conditions,
+                  teacher.noise_ramp)
     distiller = Distiller(
         Networks(accelerator, generator, fake_ddp, real, critic), opt_g, opt_f, student_terms, fake_terms, draws,
         Stored(pairs, conditions, real_data, real_conditions), settings(cfg, teacher),

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_from_disk
 from tqdm.auto import tqdm
 
-from eval.samplers import get_sampler, karras_sigmas
+from eval.samplers import get_sampler
 from teachers.conditions import Conditions
 from teachers.errors import ConfigError
 from teachers.io import write_folder_atomic
@@ -46,7 +46,7 @@ def generate_pairs(
 ) -> list[Path]:
     """Write this process's missing shards (batch_size pairs each) of the pair set under path."""
     disable_progress_bars()  # one bar over the shards, not one per save_to_disk
-    sigmas = karras_sigmas(num_steps, teacher.sigma_min, teacher.sigma_max)
+    sigmas = teacher.sampling_sigmas(num_steps)
     num_shards = math.ceil(num_pairs / batch_size)
     mine = [i for i in range(rank, num_shards, world_size) if not shard_dir(path, i).is_dir()]
     for i in tqdm(mine, desc="teacher ODE pairs", disable=not progress):

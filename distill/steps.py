@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from distill.guard import NonFiniteGuard, any_process
 from distill.noise import sample_dmd_sigma
 from distill.sharding import full
 from distill.state import Counters
+from eval.samplers import karras_sigma_at
 from distill.terms import Needs, Term, combined_needs
 from teachers.base import expand_sigma
 from teachers.conditions import Conditions
@@ -139,6 +141,7 @@ class Draws:
     sampling: StepSampling
     ranges: dict[str, dict]  # sigma, fake_sigma, gan_sigma: min, max, rho, t_min, t_max
     conditions: Conditions | None = None  # the rows conds are drawn from; None: unconditional
+    ramp: Callable = karras_sigma_at  # the teacher's noise_ramp: where a range's t lands in sigma
 
     def z(self, n: int) -> torch.Tensor:
         return torch.randn(n, *self.shape, device=self.device)
@@ -154,7 +157,7 @@ class Draws:
         """n noise levels of the range `key`, each at most its sample's step sigma where the sampling says so."""
         sigma = dict(self.ranges[key])
         sigma["max"] = self.sampling.sigma_max(step, sigma["max"], self.device)
-        return sample_dmd_sigma(n, **sigma, device=self.device)
+        return sample_dmd_sigma(n, **sigma, device=self.device, ramp=self.ramp)
 
     def batch(self, n: int, gan_n: int, cond: torch.Tensor | None = None, step: torch.Tensor | None = None) -> Batch:
         """A batch of n noises with the given (or fresh) conds and steps, and gan_n GAN noise levels."""

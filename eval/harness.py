@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from eval.plots import scatter_panels
 from eval.shard import Shard
-from eval.samplers import get_sampler, karras_sigmas, multistep_student, one_step, sampler_nfe
+from eval.samplers import get_sampler, multistep_student, one_step, sampler_nfe
 from eval.toy_metrics import toy_metrics
 from teachers.gmm import GaussianMixture
 from teachers.io import denoiser_digest
@@ -43,8 +43,8 @@ def teacher_sample_fns(denoiser, samplers: list[dict]) -> dict[str, SampleFn]:
     out, digest = {}, functools.cache(lambda: denoiser_digest(denoiser))  # hashed once, and only if a cache asks
     for spec in samplers:
         sampler, num_steps = get_sampler(spec["name"]), int(spec["num_steps"])
-        sigmas = karras_sigmas(num_steps, denoiser.sigma_min, denoiser.sigma_max)
-        nfe = sampler_nfe(spec["name"], num_steps)
+        sigmas = denoiser.sampling_sigmas(num_steps)
+        nfe = sampler_nfe(spec["name"], num_steps, top=float(sigmas[0]))
         key = None
         if isinstance(denoiser, torch.nn.Module):  # the exact mixture (toy data) is not cached
             key = lambda name=spec["name"], n=num_steps: {"teacher_sha256": digest(), "sampler": name, "num_steps": n}  # noqa: E731

@@ -25,10 +25,20 @@ def to_d(denoiser, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Ten
     return (x - denoiser(x, sigma.expand(x.shape[0]), cond)) / expand_sigma(sigma, x)
 
 
+def start(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sampler's x at its first sigma, and the sigmas left to walk: noise * sigmas[0]. A first sigma of inf (a
+    flow-matching teacher's t = 1) is the limit of Euler's first step from there, x = D(z, inf) + s_1 z (flow
+    matching's Euler step from t = 1, exactly); one evaluation."""
+    if not torch.isinf(sigmas[0]):
+        return noise * sigmas[0], sigmas
+    x0 = denoiser(denoiser.student_input(noise, sigmas[0]), sigmas[0].expand(noise.shape[0]), cond)
+    return x0 + sigmas[1] * noise, sigmas[1:]
+
+
 @torch.no_grad()
 def euler(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
     """First-order Euler on the PF-ODE; noise ~ N(0, I) is scaled by sigmas[0]. NFE = len(sigmas) - 1."""
-    x = noise * sigmas[0]
+    x, sigmas = start(denoiser, noise, sigmas, cond)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         x = x + (sigma_next - sigma) * to_d(denoiser, x, sigma, cond)
     return x
@@ -36,8 +46,9 @@ def euler(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> tor
 
 @torch.no_grad()
 def heun(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
-    """EDM Algorithm 1 (deterministic Heun, Euler on the last step). NFE = 2 (len(sigmas) - 1) - 1."""
-    x = noise * sigmas[0]
+    """EDM Algorithm 1 (deterministic Heun, Euler on the last step and on a first step from inf). NFE = 2 (len(sigmas)
+    - 1) - 1, one less from inf."""
+    x, sigmas = start(denoiser, noise, sigmas, cond)
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         d = to_d(denoiser, x, sigma, cond)
         x_next = x + (sigma_next - sigma) * d
@@ -51,7 +62,7 @@ def heun(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torc
 @torch.no_grad()
 def dpmpp_2m(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in t = -log sigma: a second-order multistep on x0. NFE = len(sigmas) - 1."""
-    x, x0_prev, h_prev = noise * sigmas[0], None, None
+    (x, sigmas), x0_prev, h_prev = start(denoiser, noise, sigmas, cond), None, None
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         x0 = denoiser(x, sigma.expand(x.shape[0]), cond)
         if sigma_next == 0:  # the last step lands on the denoiser's estimate
@@ -72,9 +83,10 @@ def dpmpp_2m(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond=None) -> 
 SAMPLERS = {"euler": euler, "heun": heun, "ddim": euler, "dpmpp_2m": dpmpp_2m}
 
 
-def sampler_nfe(name: str, num_steps: int) -> int:
-    """Network evaluations of a sampler over num_steps sigmas (plus the final 0)."""
-    return 2 * num_steps - 1 if name == "heun" else num_steps
+def sampler_nfe(name: str, num_steps: int, top: float = 0.0) -> int:
+    """Network evaluations of a sampler over num_steps sigmas (plus the final 0); top: the first sigma (Heun's first
+    step from inf is an Euler step)."""
+    return 2 * num_steps - 1 - (top == float("inf")) if name == "heun" else num_steps
 
 
 def get_sampler(name: str):

@@ -34,9 +34,28 @@ class Teacher:
         """A student's first input from z ~ N(0, I) at its first sigma: sigma z (DMD's G(z) = D(sigma_max z))."""
         return noise * torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
 
+    def sampling_sigmas(self, num_steps: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The sigmas of the teacher's full sampler over num_steps, then a final 0: EDM's Karras schedule here; a
+        family with a stock schedule of its own (flow matching's shifted t's) gives that. shape: the samples' (a
+        resolution-dependent shift reads it; None: the teacher's)."""
+        from eval.samplers import karras_sigmas
+
+        return karras_sigmas(num_steps, self.sigma_min, self.sigma_max)
+
+    def noise_ramp(self, u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+        """Sigma at position u in [0, 1] of the range DMD's noise levels are drawn on (u = 0: sigma_max): the Karras
+        ramp here (DMD's t in [0.02, 0.98]); a flow family's is linear in its t."""
+        from eval.samplers import karras_sigma_at
+
+        return karras_sigma_at(u, sigma_min, sigma_max, rho)
+
     def encode_condition(self, prompts: list[str]):
         """The conds of a prompt set (text-to-image families)."""
         raise ConfigError(f"{type(self).__name__} is not text-to-image; it takes no prompts")
+
+    def check_guidance(self, scale: float) -> None:
+        """Refuse classifier-free guidance at `scale` where the family takes guidance otherwise (a guidance-distilled
+        Flux's embedding); nothing here."""
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """The unconditional branch of classifier-free guidance for every row of cond: the null class here."""
@@ -152,7 +171,8 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 def denoising_loss_weight(sigma: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:
     """The weight on ||x0_pred - x0||^2 that makes the loss the MSE of what a network predicts: EDM's lambda(sigma)
     for EDM-preconditioned nets; 1/sigma^2 for eps (x0 error = sigma * eps error; EDM Table 1's VP lambda, DMD2's
-    eps-MSE); (1 + sigma^2)/sigma^2 for VP v-prediction (x0 error = sigma/sqrt(1+sigma^2) * v error); 1 for x0."""
+    eps-MSE); (1 + sigma^2)/sigma^2 for VP v-prediction (x0 error = sigma/sqrt(1+sigma^2) * v error); 1 for x0;
+    ((1 + sigma)/sigma)^2 = 1/t^2 for rectified flow's v (x0 error = t * v error)."""
     if weighting == "edm":
         return edm_loss_weight(sigma, sigma_data)
     if weighting == "epsilon":
@@ -161,6 +181,8 @@ def denoising_loss_weight(sigma: torch.Tensor, sigma_data: float, weighting: str
         return (1 + sigma**2) / sigma**2
     if weighting == "sample":
         return torch.ones_like(sigma)
+    if weighting == "flow":  # rectified flow's v-MSE (teachers/flow.py): x0 error = t * v error, t = sigma / (1 + sigma)
+        return (1 + sigma) ** 2 / sigma**2
     raise ValueError(f"unknown loss weighting '{weighting}'; allowed: {', '.join(LOSS_WEIGHTINGS)}")
 
 

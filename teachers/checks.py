@@ -7,7 +7,7 @@ import math
 from teachers.errors import ConfigError
 
 WEIGHT_SUM_TOL = 1e-6
-LOSS_WEIGHTINGS = ("edm", "epsilon", "v_prediction", "sample")  # teachers.base.denoising_loss_weight's choices
+LOSS_WEIGHTINGS = ("edm", "epsilon", "v_prediction", "sample", "flow")  # teachers.base.denoising_loss_weight's choices
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # teacher.dtype: teachers.latent.DTYPES
 
 
@@ -130,3 +130,13 @@ def ddpm_sigma_range(scheduler: dict, extra: dict) -> tuple[float, float] | None
         return None
     sigma = lambda a: math.sqrt((1 - a) / a)  # noqa: E731
     return sigma(alpha_bar_first), float(extra.get("sigma_max") or sigma(alpha_bar_last))
+
+
+def flow_sigma_range(scheduler: dict) -> tuple[float, float]:
+    """(sigma_min, inf) of a flow-matching teacher: sigma = t / (1 - t) at the scheduler's smallest t (its shift
+    applied, as FlowMatchEulerDiscreteScheduler's table is, 1 / num_train_timesteps under a dynamic shift) and t = 1."""
+    n = int(scheduler.get("num_train_timesteps", 1000))
+    t, shift = 1 / n, float(scheduler.get("shift", 1.0))
+    if not scheduler.get("use_dynamic_shifting"):
+        t = shift * t / (1 + (shift - 1) * t)
+    return t / (1 - t), math.inf

@@ -57,10 +57,8 @@ FAMILIES = {family.name: family for family in (
     Family("dit", ("DiTPipeline",), "teachers.dit", latent=True),
     Family("sdxl", ("StableDiffusionXLPipeline",), "teachers.sdxl", latent=True),
     Family("edm", ("EDMDenoiser",), "teachers.edm"),
-    Family("sd3", ("StableDiffusion3Pipeline",), "", latent=True, supported=False,
-           reason="flow-matching teachers (SD3/SD3.5) are not supported yet"),
-    Family("flux", ("FluxPipeline",), "", latent=True, supported=False,
-           reason="flow-matching teachers (Flux) are not supported yet"),
+    Family("sd3", ("StableDiffusion3Pipeline",), "teachers.sd3", latent=True),
+    Family("flux", ("FluxPipeline",), "teachers.flux", latent=True),
 )}
 
 
@@ -167,8 +165,9 @@ def detect(path_or_id, key: str = "teacher.path") -> Family:
     return family_of_class(hub_class(where, key), f"{key}={path_or_id}")
 
 
+FLOW_FAMILIES = ("sd3", "flux")  # rectified flow (teachers.flow): sigma_max is inf (t = 1)
 MODEL_FOLDER_FAMILIES = ("mlp", "edm")  # one model folder (config.json + weights), no pipeline or scheduler
-GROUP_FAMILIES = {"mlp": ("mlp",), "unet": ("unet",), "sd": ("sd", "sdxl"), "dit": ("dit",), "edm": ("edm",)}  # teacher=<group> takes
+GROUP_FAMILIES = {"mlp": ("mlp",), "unet": ("unet",), "sd": ("sd", "sdxl", "sd3", "flux"), "dit": ("dit",), "edm": ("edm",)}  # teacher=<group> takes
 
 
 def expect_family(path_or_id, group: str, key: str = "teacher.path") -> Family:
@@ -227,8 +226,10 @@ def sigma_range(path_or_id, family: Family, key: str = "teacher.path", vp_tables
     scheduler = read("scheduler/scheduler_config.json")
     if scheduler is None:
         return None
-    from teachers.checks import ddpm_sigma_range
+    from teachers.checks import ddpm_sigma_range, flow_sigma_range
 
+    if family.name in FLOW_FAMILIES:
+        return flow_sigma_range(read_json(scheduler, "scheduler config"))
     extra_path = read("distill.json")
     vp_range = vp_table_range if vp_tables else ddpm_sigma_range
     return vp_range(read_json(scheduler, "scheduler config"), read_json(extra_path, "distill.json") if extra_path else {})

@@ -134,9 +134,12 @@ def run(cfg: DictConfig) -> Path:
     torch.use_deterministic_algorithms(bool(cfg.deterministic))
     report = None
     if cfg.teacher.get("kind") == "sd":
-        from teachers.mini_sd import train_mini_sd
+        if cfg.teacher.net.get("family") == "sd3":  # teacher=sd3_mini
+            from teachers.mini_sd3 import train_mini_sd3 as train_mini
+        else:  # teacher=sd_mini
+            from teachers.mini_sd import train_mini_sd as train_mini
 
-        model, report = train_mini_sd(cfg.data, cfg.teacher, seed=cfg.seed, max_steps=steps)
+        model, report = train_mini(cfg.data, cfg.teacher, seed=cfg.seed, max_steps=steps)
     elif cfg.data.get("kind", "toy") == "image":
         model = train_image_teacher(cfg.data, cfg.teacher, seed=cfg.seed, max_steps=steps)
     else:

@@ -22,6 +22,9 @@ DISCRETE_SCHEDULERS = (
 )
 DIT_COMPONENTS = ("transformer", "vae", "scheduler")
 SDXL_COMPONENTS = COMPONENTS + ("tokenizer_2", "text_encoder_2")
+SD3_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+FLUX_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)  # rectified-flow schedulers the flow adapter reads (teachers.flow)
 TIME_EMBEDDING = "text_time"  # SDXL's addition_embed_type: pooled text embedding + size/crop time ids
 
 
@@ -107,7 +110,45 @@ def check_sdxl_folder(path: Path, key: str = "teacher.path") -> None:
     check_pipeline_folder(path, key, SDXL_COMPONENTS, TIME_EMBEDDING, what="Stable Diffusion XL")
 
 
+def check_flow_folder(path: Path, key: str, components: tuple[str, ...], what: str) -> dict:
+    """A flow-matching pipeline folder: every component (each missing one named) and a flow-matching scheduler; a
+    DDPM-style scheduler (a beta schedule: sigmas a flow network was not trained on) is refused. Its model_index."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
+    missing = [name for name in components if not (path / name).is_dir()]
+    if missing:
+        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} folder has "
+                          f"{', '.join(components)}")
+    scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
+    if scheduler.get("_class_name") not in FLOW_SCHEDULERS:
+        raise ConfigError(f"{key}={path}: scheduler {scheduler.get('_class_name')} is not a flow-matching scheduler; a {what} "
+                          f"teacher was trained with rectified flow and needs {', '.join(FLOW_SCHEDULERS)}")
+    return read_json(path / "model_index.json", "pipeline index")
+
+
+def check_sd3_folder(path: Path, key: str = "teacher.path") -> None:
+    """A StableDiffusion3Pipeline folder: the transformer, VAE, both CLIP encoders and tokenizers, a flow scheduler;
+    the T5 encoder is optional (the pipeline pads with zeros without it) but then both or neither of its parts."""
+    index = check_flow_folder(path, key, SD3_COMPONENTS, "Stable Diffusion 3")
+    t5 = [name for name in ("text_encoder_3", "tokenizer_3") if (index.get(name) or [None])[0] is not None]
+    if len(t5) == 1:
+        raise ConfigError(f"{key}={path}: model_index.json names {t5[0]} but not its pair; give both text_encoder_3 and "
+                          "tokenizer_3 (T5), or neither")
+
+
+def check_flux_folder(path: Path, key: str = "teacher.path") -> None:
+    """A FluxPipeline folder: transformer, VAE, CLIP (pooled) and T5 encoders and tokenizers, a flow scheduler; a
+    Flux network needs T5's embeddings (its context is T5's), so a folder without T5 is refused."""
+    path = Path(path)
+    index = read_json(path / "model_index.json", "pipeline index") if (path / "model_index.json").is_file() else {}
+    if index and (index.get("text_encoder_2") or [None])[0] is None:
+        raise ConfigError(f"{key}={path}: a Flux transformer reads T5 embeddings, but model_index.json has no text_encoder_2 "
+                          "(T5EncoderModel); give the folder its T5 encoder and tokenizer_2")
+    check_flow_folder(path, key, FLUX_COMPONENTS, "Flux")
+
+
 FOLDER_CHECKS = {  # family name -> its folder check (teachers.families)
     "mlp": check_model_folder, "edm": check_model_folder, "unet": check_unet_folder, "sd": check_pipeline_folder,
-    "dit": check_dit_folder, "sdxl": check_sdxl_folder,
+    "dit": check_dit_folder, "sdxl": check_sdxl_folder, "sd3": check_sd3_folder, "flux": check_flux_folder,
 }

@@ -27,6 +27,7 @@ class GuidedDenoiser(Teacher, nn.Module):
                 f"loss.guidance_scale={scale} needs a class-conditional teacher trained with a null class, or a "
                 "text-to-image teacher; this teacher is unconditional (use loss.guidance_scale=1)"
             )
+        denoiser.check_guidance(scale)
         self.denoiser, self.scale = denoiser, float(scale)
         for name in ("family", "sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class", "text_conditional", "latent"):
             setattr(self, name, getattr(denoiser, name))
@@ -34,6 +35,15 @@ class GuidedDenoiser(Teacher, nn.Module):
     @property
     def unguided(self) -> Teacher:
         return self.denoiser
+
+    def student_input(self, noise: torch.Tensor, sigma) -> torch.Tensor:
+        return self.denoiser.student_input(noise, sigma)
+
+    def sampling_sigmas(self, num_steps: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.denoiser.sampling_sigmas(num_steps, shape)
+
+    def noise_ramp(self, u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+        return self.denoiser.noise_ramp(u, sigma_min, sigma_max, rho)
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         null = self.denoiser.null_condition(cond)

@@ -64,7 +64,7 @@ class FrozenVAE:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images NCHW in [-1, 1] from latents in scaled units (z / scaling_factor through the VAE decoder)."""
         vae = self.vae
-        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+        images = vae.decode((latents / vae.config.scaling_factor + self.vae_shift).to(vae.dtype)).sample
         return images.float().clamp(-1, 1)
 
     @torch.no_grad()
@@ -72,7 +72,12 @@ class FrozenVAE:
         """Scaled latents of images in [-1, 1] (a draw of the VAE posterior times scaling_factor)."""
         vae = self.vae
         posterior = vae.encode(images.to(vae.dtype)).latent_dist
-        return (posterior.sample(generator) * vae.config.scaling_factor).float()
+        return ((posterior.sample(generator) - self.vae_shift) * vae.config.scaling_factor).float()
+
+    @property
+    def vae_shift(self) -> float:
+        """The VAE's shift_factor (SD3's and Flux's latents are (z - shift) * scale; 0 where the config has none)."""
+        return float(self.vae.config.get("shift_factor") or 0.0)
 
     def set_preview_vae(self, tiny) -> None:
         """teacher.preview_vae: an AutoencoderTiny (TAESD) that decodes progress sheets (evaluation keeps the VAE)."""
@@ -93,7 +98,7 @@ class FrozenVAE:
         super().to(*args, **kwargs)
         device = next(self.network.parameters()).device
         for key in self.MOVED:
-            if key in self.__dict__:
+            if self.__dict__.get(key) is not None:  # an optional part (SD3's T5) may be None
                 self.__dict__[key].to(device)
         return self
 
@@ -221,11 +226,29 @@ class LatentDenoiser(FrozenVAE, DiffusersUNetParts, VPDenoiser):
 TEXT_PARTS = (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer"))  # (component, class when unnamed)
 
 
+def load_text_parts(folder: Path, index: dict, text_parts, dtype: torch.dtype | None) -> dict:
+    """The tokenizers and frozen text encoders of a pipeline folder, of the classes model_index.json names (the
+    default class where it names none); a part the index lists as [null, null] (SD3 without T5) is None."""
+    import transformers
+
+    parts = {}
+    for name, default in text_parts:
+        library, class_name = index.get(name, [None, default])
+        if library is None and name in index:
+            parts[name] = None
+            continue
+        kind = getattr(transformers, class_name)
+        if name.startswith("text_encoder"):
+            parts[name] = kind.from_pretrained(folder, subfolder=name, **({"dtype": dtype} if dtype else {})).eval().requires_grad_(False)
+        else:
+            parts[name] = kind.from_pretrained(folder, subfolder=name)
+    return parts
+
+
 def load_pipeline_parts(folder: Path, dtype: torch.dtype | None, text_parts, upcast_vae: bool = False) -> dict:
     """A Stable Diffusion-family folder's UNet, frozen VAE, and tokenizers and frozen text encoders of the classes
     model_index.json names (CLIPTokenizer, not AutoTokenizer's guess), in dtype; and `index`, model_index.json itself.
     upcast_vae: the VAE stays float32 where dtype is float16 and its config says force_upcast (SDXL's overflows)."""
-    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     index = read_json(folder / "model_index.json", "pipeline index")
@@ -234,13 +257,7 @@ def load_pipeline_parts(folder: Path, dtype: torch.dtype | None, text_parts, upc
     if upcast_vae and dtype == torch.float16 and read_json(folder / "vae" / "config.json", "VAE config").get("force_upcast", True):
         kw = {"torch_dtype": torch.float32}
     parts["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
-    for name, default in text_parts:
-        kind = getattr(transformers, index.get(name, [None, default])[1])
-        if name.startswith("text_encoder"):
-            parts[name] = kind.from_pretrained(folder, subfolder=name, **({"dtype": dtype} if dtype else {})).eval().requires_grad_(False)
-        else:
-            parts[name] = kind.from_pretrained(folder, subfolder=name)
-    return parts
+    return parts | load_text_parts(folder, index, text_parts, dtype)
 
 
 def load_scheduler(folder):

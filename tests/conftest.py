@@ -180,3 +180,86 @@ def tiny_dit_denoiser(seed: int = 0, num_classes: int = 10):
                                             sample_size=8, patch_size=2, num_embeds_ada_norm=num_classes)
     vae.register_to_config(scaling_factor=0.5)
     return DiTDenoiser(transformer.eval(), scheduler, vae.eval().requires_grad_(False)).requires_grad_(False)
+
+
+def tiny_sd3_denoiser(seed: int = 0, shift: float = 3.0, max_sequence_length: int = 4):
+    """A random Stable Diffusion 3 pipeline of the miniature's scale, structured as SD3 medium is without T5: two CLIP
+    encoders with projection (pooled 8 + 8), the tiny 1-channel VAE to 4x8x8 latents with a shift_factor, an
+    SD3Transformer2DModel (patch 2, two joint blocks), FlowMatchEulerDiscreteScheduler with SD3's shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from teachers.mini_sd import all_captions, build_components, build_tokenizer
+    from teachers.sd3 import SD3Denoiser
+
+    tokenizer = build_tokenizer(all_captions(), TINY_SD_NET["text"]["max_length"])
+    vocab = tokenizer.get_vocab()
+    text = dict(vocab_size=len(vocab), intermediate_size=32, num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                hidden_size=16, num_hidden_layers=2, projection_dim=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae, _, _, _ = build_components(tokenizer, **TINY_SD_NET, scheduler={"prediction_type": "epsilon"})
+        encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**text)).eval().requires_grad_(False) for _ in range(2)]
+        transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+                                            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                            pooled_projection_dim=16, pos_embed_max_size=8)
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    texts = {"text_encoder": encoders[0], "tokenizer": tokenizer, "text_encoder_2": encoders[1], "tokenizer_2": tokenizer,
+             "text_encoder_3": None, "tokenizer_3": None}
+    return SD3Denoiser(transformer.eval(), scheduler, vae.eval().requires_grad_(False), texts,
+                       max_sequence_length=max_sequence_length).requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    """A saved tiny random SD3 pipeline folder (no T5)."""
+    path = tmp_path_factory.mktemp("tiny_sd3") / "pipeline"
+    tiny_sd3_denoiser().save_pretrained(path)
+    return path
+
+
+def t5_tokenizer(corpus: list[str]):
+    """A T5TokenizerFast whose unigram vocabulary is learned from the corpus (no hub download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.train_from_iterator([c.lower() for c in corpus], trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                                                 unk_token="<unk>", show_progress=False))
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+
+
+def tiny_flux_denoiser(seed: int = 0, guidance_embeds: bool = True):
+    """A random Flux pipeline of the miniature's scale, structured as FLUX.1-dev is: CLIP (pooled) and T5 encoders, the
+    tiny 1-channel VAE to 4x8x8 latents with a shift_factor, a FluxTransformer2DModel (one double and one single
+    block, the guidance embedding), FlowMatchEulerDiscreteScheduler with the dynamic shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from teachers.flux import FluxDenoiser
+    from teachers.mini_sd import all_captions, build_components, build_tokenizer
+
+    tokenizer = build_tokenizer(all_captions(), TINY_SD_NET["text"]["max_length"])
+    tokenizer_2 = t5_tokenizer(all_captions())
+    vocab = tokenizer.get_vocab()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae, _, _, _ = build_components(tokenizer, **TINY_SD_NET, scheduler={"prediction_type": "epsilon"})
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), intermediate_size=32, num_attention_heads=2, hidden_size=16,
+                                            num_hidden_layers=2, max_position_embeddings=tokenizer.model_max_length,
+                                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                            pad_token_id=vocab["<|endoftext|>"])).eval().requires_grad_(False)
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                     pad_token_id=0, eos_token_id=1)).eval().requires_grad_(False)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+                                             guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4))
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    texts = {"text_encoder": clip, "tokenizer": tokenizer, "text_encoder_2": t5, "tokenizer_2": tokenizer_2}
+    return FluxDenoiser(transformer.eval(), scheduler, vae.eval().requires_grad_(False), texts,
+                        guidance=3.5, sample_size=8, max_sequence_length=16).requires_grad_(False)

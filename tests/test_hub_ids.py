@@ -7,7 +7,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from conftest import compose_config, tiny_dit_denoiser, tiny_sdxl_denoiser
+from conftest import compose_config, tiny_dit_denoiser, tiny_sd3_denoiser, tiny_sdxl_denoiser
 
 import teachers
 from teachers.errors import ConfigError
@@ -33,8 +33,9 @@ def folders(tmp_path_factory, tiny_sd_folder):
     root = tmp_path_factory.mktemp("families")
     save_pretrained_atomic(tiny_dit_denoiser(), root / "dit")
     save_pretrained_atomic(tiny_sdxl_denoiser(), root / "sdxl")
+    save_pretrained_atomic(tiny_sd3_denoiser(), root / "sd3")
     save_pretrained_atomic(MLPDenoiser(dim=2, hidden_dim=8, num_layers=1, emb_dim=4), root / "mlp")
-    return {"sd": tiny_sd_folder, "sdxl": root / "sdxl", "dit": root / "dit", "unet": zoo_path("mnist_cond"), "mlp": root / "mlp"}
+    return {"sd": tiny_sd_folder, "sdxl": root / "sdxl", "sd3": root / "sd3", "dit": root / "dit", "unet": zoo_path("mnist_cond"), "mlp": root / "mlp"}
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def probe(model):
         return model(x, torch.tensor([0.5, 3.0]), cond)
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "dit", "unet", "mlp"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "dit", "unet", "mlp"])
 def test_every_family_loads_by_folder_and_by_cached_hub_id(hub, folders, family):
     by_folder, by_id = teachers.load(folders[family]), teachers.load(f"acme/{family}")
     assert by_folder.family == by_id.family == detect(f"acme/{family}").name == family
@@ -82,10 +83,12 @@ def test_a_teacher_that_is_neither_local_nor_cached_is_one_line(hub, path, messa
 # Inception weights: the domain classifier here).
 PRESETS = {"sd": ["experiment=mnist_sd_dmd2"],
            "sdxl": ["experiment=sdxl_dmd2", "data=mnist_sd", "teacher.dtype=float32", "train.mixed_precision=no",
-                    "eval.feature_extractor=domain", "eval.center_crop=28"]}
+                    "eval.feature_extractor=domain", "eval.center_crop=28"],
+           "sd3": ["experiment=mnist_sd_dmd2"]}
+HEUN_2 = {"sd": "teacher_heun_nfe3", "sdxl": "teacher_heun_nfe3", "sd3": "teacher_heun_nfe2"}  # Heun's first step from t = 1 is Euler
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_a_text_teacher_by_hub_id_through_distill_export_eval_serve_and_both_benches(hub, tmp_path, monkeypatch, family):
     from distill.bench_train import main as bench_train_main
     from distill.export import main as export_main
@@ -99,7 +102,7 @@ def test_a_text_teacher_by_hub_id_through_distill_export_eval_serve_and_both_ben
     overrides = [*PRESETS[family], "debug=cpu_tiny_sd", f"teacher.path={repo}", f"run_dir={run_dir}",
                  f"eval.cache_dir={cache}", "eval.second_classifier=null", "train.max_steps=1"]
     metrics = run(compose_config("train", overrides))  # distill: train, export, evaluate
-    assert set(metrics) == {"teacher_heun_nfe3", "student_nfe1"}
+    assert set(metrics) == {HEUN_2[family], "student_nfe1"}
     recorded = (run_dir / "config.yaml").read_text()
     assert f"family: {family}" in recorded and f"path: {repo}" in recorded
     assert json.loads((run_dir / "student" / "student.json").read_text())["family"] == family
@@ -111,7 +114,7 @@ def test_a_text_teacher_by_hub_id_through_distill_export_eval_serve_and_both_ben
                                        f"run_dir={tmp_path / 'eval'}", f"eval.cache_dir={cache}", "eval.second_classifier=null",
                                        "eval.num_samples=32", "eval.batch_size=32", "eval.teacher_samplers=[{name: heun, num_steps: 2}]",
                                        "eval.bootstrap_resamples=20", "eval.kid_subsets=10", "eval.kid_subset_size=16"])
-    assert set(eval_run(eval_cfg)) == {"teacher_heun_nfe3", "student_nfe1"}
+    assert set(eval_run(eval_cfg)) == {HEUN_2[family], "student_nfe1"}
 
     model = PreviewModel(StudentSource(str(run_dir)).load_first())  # serve: the run's newest checkpoint
     image = model.generate([7], ["a handwritten seven"])

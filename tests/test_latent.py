@@ -108,8 +108,8 @@ def test_a_missing_component_is_named(tiny_sd_folder, tmp_path, component):
 
 @pytest.mark.parametrize("pipeline_class, message", [
     ("StableDiffusionXLPipeline", "missing the pipeline component\\(s\\) tokenizer_2, text_encoder_2; a Stable Diffusion XL folder"),
-    ("StableDiffusion3Pipeline", "flow-matching teachers .SD3/SD3.5. are not supported yet"),
-    ("FluxPipeline", "flow-matching teachers .Flux. are not supported yet"),
+    ("StableDiffusion3Pipeline", "missing the pipeline component\\(s\\) transformer, text_encoder_2, tokenizer_2; a Stable Diffusion 3 folder"),
+    ("FluxPipeline", "a Flux transformer reads T5 embeddings, but model_index.json has no text_encoder_2"),
     ("KandinskyPipeline", "KandinskyPipeline, which the toolkit does not know; it knows .*StableDiffusionPipeline .sd."),
 ])
 def test_unsupported_families_and_unknown_schedulers_are_refused(tiny_sd_folder, tmp_path, pipeline_class, message):

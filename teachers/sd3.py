@@ -1,0 +1,96 @@
+"""A Stable Diffusion 3 / 3.5 pipeline (StableDiffusion3Pipeline: SD3Transformer2DModel, two CLIP encoders with
+projection, an optional T5, the VAE with shift_factor, FlowMatchEulerDiscreteScheduler) as one EDM denoiser on
+latents: the `sd3` family, on the rectified-flow base of teachers/flow.py, taken by teacher=sd3 (or teacher=sd).
+
+Its cond is one TensorDict per sample, as StableDiffusion3Pipeline.encode_prompt makes it: `prompt_embeds` (L, D),
+both CLIP encoders' penultimate hidden states side by side, padded to T5's width, then T5's tokens (zeros of
+max_sequence_length tokens where the folder has no T5, as the pipeline pads); `pooled`, both CLIP projections.
+The network's timestep is 1000 t (t the shifted noise fraction the scheduler's sigmas are).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from teachers.errors import ConfigError
+from teachers.families import read_json
+from teachers.flow import TextFlowDenoiser, load_flow_scheduler
+from teachers.folders import check_sd3_folder
+from teachers.latent import load_text_parts, torch_dtype
+from teachers.vp import read_extra
+
+SD3_TEXT_PARTS = (("text_encoder", "CLIPTextModelWithProjection"), ("tokenizer", "CLIPTokenizer"),
+                  ("text_encoder_2", "CLIPTextModelWithProjection"), ("tokenizer_2", "CLIPTokenizer"),
+                  ("text_encoder_3", "T5EncoderModel"), ("tokenizer_3", "T5TokenizerFast"))
+
+SD3_SNIPPET = '''import torch
+from diffusers import StableDiffusion3Pipeline
+
+pipe = StableDiffusion3Pipeline.from_pretrained("."{load})  # this folder, or its hub id
+generator = torch.Generator().manual_seed(0)
+prompts = {prompts!r}
+images = pipe(prompts, num_inference_steps={k}, guidance_scale=1.0, generator=generator{given}, output_type="np").images  # NHWC in [0, 1]
+'''
+
+check_folder = check_sd3_folder  # the family's folder check (teachers.families)
+
+
+class SD3Denoiser(TextFlowDenoiser):
+    """D(x, sigma, cond) on an SD3 transformer's latents; cond: TensorDict(prompt_embeds (B, L, D), pooled (B, P))."""
+
+    family = "sd3"
+    SHARED = ("vae", "preview_vae") + tuple(name for name, _ in SD3_TEXT_PARTS)
+    MOVED = ("vae", "preview_vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+    SNIPPET, PIPELINE = SD3_SNIPPET, "StableDiffusion3Pipeline"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        size = self.transformer.config.sample_size
+        return (self.transformer.config.in_channels, size, size)
+
+    def network_output(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        if cond is None:
+            raise ConfigError("an SD3 denoiser needs text conds (encode_condition(prompts))")
+        dtype = self.transformer.dtype
+        timestep = (t * self.scheduler.config.num_train_timesteps).to(dtype)
+        return self.transformer(hidden_states=x_t.to(dtype), timestep=timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+                                pooled_projections=cond["pooled"].to(dtype), return_dict=False)[0]
+
+    def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
+        snippet = super().usage_snippet(sigmas, exact, prompts)
+        no_t5 = ", text_encoder_3=None, tokenizer_3=None" if self.__dict__["text_encoder_3"] is None else ""  # stock loading without T5
+        return None if snippet is None else snippet.replace("{load}", no_t5)
+
+    def encode_batch(self, prompts: list[str]):
+        from tensordict import TensorDict
+
+        embeds, _, pooled, _ = self.pipeline().encode_prompt(prompts, None, None, device=self.encoder_device(), do_classifier_free_guidance=False,
+                                                             max_sequence_length=self.max_sequence_length)
+        return TensorDict(prompt_embeds=embeds.float(), pooled=pooled.float(), batch_size=[len(prompts)], device=embeds.device)
+
+    def pipeline(self, scheduler=None):
+        """A diffusers StableDiffusion3Pipeline of these components."""
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(transformer=self.transformer, scheduler=scheduler or self.scheduler, vae=self.vae,
+                                        **self.text_parts())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> SD3Denoiser:
+        """From a local StableDiffusion3Pipeline folder (teachers.load resolves hub ids); dtype for the frozen parts
+        and a teacher's transformer."""
+        from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+        folder = Path(folder)
+        check_folder(folder, key)
+        kw = {} if dtype is None else {"torch_dtype": dtype}
+        transformer = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
+        texts = load_text_parts(folder, read_json(folder / "model_index.json", "pipeline index"), SD3_TEXT_PARTS, dtype)
+        return cls(transformer, load_flow_scheduler(folder), vae, texts, **read_extra(folder))
+
+
+def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> SD3Denoiser:
+    """The SD3 adapter of a pipeline folder; dtype (teacher.dtype) for its frozen parts."""
+    return SD3Denoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
