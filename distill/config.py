@@ -318,6 +318,8 @@ def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
         family = check_teacher(cfg.teacher, len(means[0]))
     with open_dict(cfg.teacher):
         cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
+    if cfg.teacher.get("path") is not None:
+        family.check_guidance(cfg.teacher.path, cfg.loss.guidance_scale)
     check_sigma_ranges(cfg, teacher_sigma_range(cfg, vp_tables), fill=vp_tables)
     needs = check_loss(cfg.loss)
     check_gan_real_side(cfg, needs.critic)

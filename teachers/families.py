@@ -44,6 +44,15 @@ class Family:
 
         FOLDER_CHECKS[self.name](folder, key)
 
+    def check_guidance(self, path_or_id, scale: float, key: str = "loss.guidance_scale") -> None:
+        """The family's own check of loss.guidance_scale against a local folder's configs (a guidance-distilled Flux
+        refuses CFG), no weights read; nothing for families without one, or for hub ids (checked when they load)."""
+        from teachers.folders import GUIDANCE_CHECKS
+
+        where = resolve(path_or_id)
+        if isinstance(where, Path) and self.name in GUIDANCE_CHECKS:
+            GUIDANCE_CHECKS[self.name](where, scale, key)
+
     def _module(self):
         import importlib
 

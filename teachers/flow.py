@@ -239,6 +239,26 @@ class TextFlowDenoiser(FrozenVAE, FlowDenoiser):
         (Path(path) / EXTRA_FILE).write_text(json.dumps(self.extra_config(), indent=2) + "\n")
 
 
+def load_text_flow(cls, folder, dtype, key: str, transformer_class: str, text_parts):
+    """A text flow family's adapter from a local pipeline folder (its check run first): the transformer of
+    `transformer_class` and the VAE in dtype, the text parts model_index.json names, the flow scheduler, distill.json."""
+    from pathlib import Path
+
+    import diffusers
+
+    from teachers.families import FAMILIES, read_json
+    from teachers.latent import load_text_parts
+    from teachers.vp import read_extra
+
+    folder = Path(folder)
+    FAMILIES[cls.family].check_folder(folder, key)
+    kw = {} if dtype is None else {"torch_dtype": dtype}
+    transformer = getattr(diffusers, transformer_class).from_pretrained(folder, subfolder="transformer", **kw)
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
+    texts = load_text_parts(folder, read_json(folder / "model_index.json", "pipeline index"), text_parts, dtype)
+    return cls(transformer, load_flow_scheduler(folder), vae, texts, **read_extra(folder))
+
+
 def load_flow_scheduler(folder):
     """The pipeline's FlowMatchEulerDiscreteScheduler (teachers.folders checked its class)."""
     from diffusers import FlowMatchEulerDiscreteScheduler

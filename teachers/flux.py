@@ -15,11 +15,9 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.families import read_json
-from teachers.flow import TextFlowDenoiser, flux_mu, load_flow_scheduler
+from teachers.flow import TextFlowDenoiser, flux_mu, load_text_flow
 from teachers.folders import check_flux_folder
-from teachers.latent import load_text_parts, torch_dtype
-from teachers.vp import read_extra
+from teachers.latent import torch_dtype
 
 FLUX_TEXT_PARTS = (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer"),
                    ("text_encoder_2", "T5EncoderModel"), ("tokenizer_2", "T5TokenizerFast"))
@@ -126,21 +124,7 @@ class FluxDenoiser(TextFlowDenoiser):
 
         return FluxPipeline(transformer=self.transformer, scheduler=scheduler or self.scheduler, vae=self.vae, **self.text_parts())
 
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> FluxDenoiser:
-        """From a local FluxPipeline folder (teachers.load resolves hub ids); dtype for the frozen parts and a
-        teacher's transformer."""
-        from diffusers import AutoencoderKL, FluxTransformer2DModel
-
-        folder = Path(folder)
-        check_folder(folder, key)
-        kw = {} if dtype is None else {"torch_dtype": dtype}
-        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
-        texts = load_text_parts(folder, read_json(folder / "model_index.json", "pipeline index"), FLUX_TEXT_PARTS, dtype)
-        return cls(transformer, load_flow_scheduler(folder), vae, texts, **read_extra(folder))
-
 
 def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> FluxDenoiser:
     """The Flux adapter of a pipeline folder; dtype (teacher.dtype) for its frozen parts."""
-    return FluxDenoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
+    return load_text_flow(FluxDenoiser, folder, torch_dtype(dtype), key, "FluxTransformer2DModel", FLUX_TEXT_PARTS)

@@ -148,6 +148,17 @@ def check_flux_folder(path: Path, key: str = "teacher.path") -> None:
     check_flow_folder(path, key, FLUX_COMPONENTS, "Flux")
 
 
+def check_flux_guidance(path: Path, scale: float, key: str = "loss.guidance_scale") -> None:
+    """A guidance-distilled Flux (its transformer's guidance_embeds) takes its guidance as an embedding: CFG refused."""
+    transformer = read_json(Path(path) / "transformer" / "config.json", "transformer config")
+    if transformer.get("guidance_embeds") and scale != 1:
+        raise ConfigError(f"{key}={scale:g} asks for classifier-free guidance, but this Flux teacher is guidance-distilled "
+                          "(guidance_embeds): its guidance is the embedding (`guidance` in its distill.json, default 3.5), and its "
+                          "real score is the teacher at that embedding; set loss.guidance_scale=1")
+
+
+GUIDANCE_CHECKS = {"flux": check_flux_guidance}  # family name -> its check of loss.guidance_scale (teachers.families)
+
 FOLDER_CHECKS = {  # family name -> its folder check (teachers.families)
     "mlp": check_model_folder, "edm": check_model_folder, "unet": check_unet_folder, "sd": check_pipeline_folder,
     "dit": check_dit_folder, "sdxl": check_sdxl_folder, "sd3": check_sd3_folder, "flux": check_flux_folder,

@@ -170,6 +170,28 @@ def reconstruction_error(vae, images: torch.Tensor) -> dict:
     return {"l1": float((recon - images).abs().mean()), "mse": mse, "psnr_db": float(10 * np.log10(4 / mse)), "num_images": len(images)}
 
 
+class CaptionedLatents:
+    """Training draws of a miniature text-to-image model: latents from each image's VAE posterior (mean, std), each
+    with the tokens of one of its captions, or of "" with probability caption_dropout (for classifier-free guidance)."""
+
+    def __init__(self, tokenizer, latents: tuple[torch.Tensor, torch.Tensor], captions: list[list[str]], caption_dropout: float):
+        self.mean, self.std = latents
+        vocab = sorted({c for options in captions for c in options} | {""})
+        self.ids = tokenizer(vocab, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids
+        index = {c: i for i, c in enumerate(vocab)}
+        self.options = [torch.tensor([index[c] for c in opts]) for opts in captions]
+        self.empty, self.caption_dropout = index[""], caption_dropout
+
+    def draw(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z0 (B, C, h, w), token ids (B, L)) of batch_size random images."""
+        idx = torch.randint(len(self.mean), (batch_size,), generator=gen)
+        z0 = self.mean[idx] + self.std[idx] * torch.randn(self.mean[idx].shape, generator=gen)
+        pick = [int(self.options[i][torch.randint(len(self.options[i]), (1,), generator=gen)]) for i in idx.tolist()]
+        drop = torch.rand(batch_size, generator=gen) < self.caption_dropout
+        return z0, self.ids[torch.where(drop, self.empty, torch.tensor(pick))]
+
+
 def train_unet(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Tensor, torch.Tensor], captions: list[list[str]],
                *, max_steps: int, batch_size: int, lr: float, text_lr: float, caption_dropout: float, ema_decay: float, seed: int,
                progress: bool = True):
@@ -180,13 +202,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Te
 
     gen = torch.Generator().manual_seed(seed)
     alphas_cumprod = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
-    mean, std = latents
-    limit = tokenizer.model_max_length
-    vocab = sorted({c for options in captions for c in options} | {""})
-    ids = tokenizer(vocab, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
-    index = {c: i for i, c in enumerate(vocab)}
-    options = [torch.tensor([index[c] for c in opts]) for opts in captions]
-    empty = index[""]
+    batches = CaptionedLatents(tokenizer, latents, captions, caption_dropout)
     params = [{"params": unet.parameters(), "lr": lr}, {"params": text_encoder.parameters(), "lr": text_lr}]
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
@@ -195,16 +211,12 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Te
     text_encoder.train()
     bar = tqdm(range(max_steps), desc="unet", disable=not progress, mininterval=2)
     for _ in bar:
-        idx = torch.randint(len(mean), (batch_size,), generator=gen)
-        z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        pick = [int(options[i][torch.randint(len(options[i]), (1,), generator=gen)]) for i in idx.tolist()]
-        drop = torch.rand(batch_size, generator=gen) < caption_dropout
-        token_rows = torch.where(drop, empty, torch.tensor(pick))
+        z0, token_ids = batches.draw(batch_size, gen)
         t = torch.randint(len(alphas_cumprod), (batch_size,), generator=gen)
         eps = torch.randn(z0.shape, generator=gen)
         ab = alphas_cumprod[t].reshape(-1, 1, 1, 1)
         z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-        emb = text_encoder(ids[token_rows])[0]
+        emb = text_encoder(token_ids)[0]
         loss = F.mse_loss(unet(z_t, t, encoder_hidden_states=emb).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()

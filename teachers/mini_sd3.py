@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from teachers.data import load_images
 from teachers.errors import ConfigError
-from teachers.mini_sd import PHRASINGS, all_captions, build_tokenizer, caption, latent_moments, padded, stroke_labels
+from teachers.mini_sd import (PHRASINGS, CaptionedLatents, all_captions, build_tokenizer, caption, latent_moments, padded,
+                              stroke_labels)
 
 
 def build_sd3_components(tokenizer, *, text: dict, transformer: dict, scheduler: dict):
@@ -70,12 +71,7 @@ def train_transformer(transformer, encoders, tokenizer, latents: tuple[torch.Ten
     from diffusers.training_utils import EMAModel
 
     gen = torch.Generator().manual_seed(seed)
-    mean, std = latents
-    vocab = sorted({c for options in captions for c in options} | {""})
-    ids = tokenizer(vocab, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    index = {c: i for i, c in enumerate(vocab)}
-    options = [torch.tensor([index[c] for c in opts]) for opts in captions]
-    empty = index[""]
+    batches = CaptionedLatents(tokenizer, latents, captions, caption_dropout)
     text_params = [p for e in encoders for p in e.parameters()]
     opt = torch.optim.AdamW([{"params": transformer.parameters(), "lr": lr}, {"params": text_params, "lr": text_lr}], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(max_steps, 1))
@@ -85,15 +81,11 @@ def train_transformer(transformer, encoders, tokenizer, latents: tuple[torch.Ten
         module.train()
     bar = tqdm(range(max_steps), desc="sd3 transformer", disable=not progress, mininterval=2)
     for _ in bar:
-        idx = torch.randint(len(mean), (batch_size,), generator=gen)
-        z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        pick = [int(options[i][torch.randint(len(options[i]), (1,), generator=gen)]) for i in idx.tolist()]
-        drop = torch.rand(batch_size, generator=gen) < caption_dropout
-        rows = torch.where(drop, empty, torch.tensor(pick))
+        z0, token_ids = batches.draw(batch_size, gen)
         t = torch.sigmoid(logit_mean + logit_std * torch.randn(batch_size, generator=gen))  # SD3's logit-normal t
         eps = torch.randn(z0.shape, generator=gen)
         x_t = (1 - t.view(-1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1) * eps
-        context, pooled = encode_text(encoders, ids[rows])
+        context, pooled = encode_text(encoders, token_ids)
         v = transformer(hidden_states=x_t, timestep=1000 * t, encoder_hidden_states=context, pooled_projections=pooled).sample
         loss = F.mse_loss(v, eps - z0)
         opt.zero_grad(set_to_none=True)

@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 
 from teachers.errors import ConfigError
-from teachers.families import read_json
-from teachers.flow import TextFlowDenoiser, load_flow_scheduler
+from teachers.flow import TextFlowDenoiser, load_text_flow
 from teachers.folders import check_sd3_folder
-from teachers.latent import load_text_parts, torch_dtype
-from teachers.vp import read_extra
+from teachers.latent import torch_dtype
 
 SD3_TEXT_PARTS = (("text_encoder", "CLIPTextModelWithProjection"), ("tokenizer", "CLIPTokenizer"),
                   ("text_encoder_2", "CLIPTextModelWithProjection"), ("tokenizer_2", "CLIPTokenizer"),
@@ -76,21 +74,7 @@ class SD3Denoiser(TextFlowDenoiser):
         return StableDiffusion3Pipeline(transformer=self.transformer, scheduler=scheduler or self.scheduler, vae=self.vae,
                                         **self.text_parts())
 
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None, key: str = "teacher.path") -> SD3Denoiser:
-        """From a local StableDiffusion3Pipeline folder (teachers.load resolves hub ids); dtype for the frozen parts
-        and a teacher's transformer."""
-        from diffusers import AutoencoderKL, SD3Transformer2DModel
-
-        folder = Path(folder)
-        check_folder(folder, key)
-        kw = {} if dtype is None else {"torch_dtype": dtype}
-        transformer = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw).eval().requires_grad_(False)
-        texts = load_text_parts(folder, read_json(folder / "model_index.json", "pipeline index"), SD3_TEXT_PARTS, dtype)
-        return cls(transformer, load_flow_scheduler(folder), vae, texts, **read_extra(folder))
-
 
 def load_folder(folder: Path, dtype: str | None = None, key: str = "teacher.path") -> SD3Denoiser:
     """The SD3 adapter of a pipeline folder; dtype (teacher.dtype) for its frozen parts."""
-    return SD3Denoiser.from_pretrained(folder, dtype=torch_dtype(dtype), key=key)
+    return load_text_flow(SD3Denoiser, folder, torch_dtype(dtype), key, "SD3Transformer2DModel", SD3_TEXT_PARTS)

@@ -16,9 +16,9 @@ IMAGE_OPTIONS = {("data", "mnist"), ("data", "digits"), ("data", "image_folder")
 # Text-to-image options (a Stable Diffusion teacher and prompts) compose on the miniature SD's preset; the full-size
 # recipes name hub teachers and the user's prompt files, so they validate in tests/test_sd_presets.py and
 # tests/test_sdxl.py on tiny folders.
-TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
+TEXT_OPTIONS = {("teacher", "sd"), ("teacher", "sd_mini"), ("teacher", "sd3"), ("teacher", "sd3_mini"), ("teacher", "flux"), ("data", "mnist_sd"), ("debug", "cpu_tiny_sd")}
 USER_FILES = {("data", "prompts"), ("data", "coco"), ("experiment", "sd15_dmd2"), ("experiment", "sd15_dmd2_gan"), ("experiment", "sd15_dmd"),
-              ("experiment", "sdxl_dmd2"), ("experiment", "sdxl_dmd2_4step"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit"),
+              ("experiment", "sdxl_dmd2"), ("experiment", "sdxl_dmd2_4step"), ("experiment", "sd35_dmd2"), ("experiment", "flux_dmd2"), ("experiment", "dit_xl2_dmd2"), ("teacher", "dit"),
               ("teacher", "edm"), *(("experiment", f"{name}{kind}") for name in ("cifar10_edm_dmd", "cifar10_edm_dmd2") for kind in ("", "_uncond")),
               ("experiment", "imagenet64_edm_dmd2")}  # the EDM presets name the user's converted folders (tests/test_edm.py)
 HUB_TEACHERS = {("experiment", "cifar10")}  # names a hub teacher: validation reads its model_index.json (network or cache)

@@ -196,3 +196,20 @@ def test_a_broken_sd3_folder_is_named_before_work(tiny_sd3_folder, tmp_path, edi
 def test_a_sigma_range_outside_the_flow_teachers_is_refused(tiny_sd3_folder, tmp_path):
     with pytest.raises(ConfigError, match=r"loss.sigma.min=0.0001 is outside the teacher's sigma range \[0.00300"):
         validate(flow_cfg(tiny_sd3_folder, tmp_path, "loss.sigma.min=0.0001"))
+
+
+def test_the_mnist_sd3_preset_runs_a_few_steps_on_a_tiny_sd3_and_exports_a_stock_pipeline(tiny_sd3_folder, tmp_path):
+    """experiment=mnist_sd3_dmd2 under debug=cpu_tiny_sd (CI): DMD2 with the GAN on the middle joint block, the flow
+    teacher's own t range, then the exported student is a StableDiffusion3Pipeline with its one-step scheduler."""
+    from distill.loop import run
+
+    cfg = compose_config("train", ["experiment=mnist_sd3_dmd2", "debug=cpu_tiny_sd", f"teacher.path={tiny_sd3_folder}",
+                                   f"run_dir={tmp_path / 'run'}", f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null"])
+    metrics = run(cfg)
+    assert set(metrics) == {"teacher_heun_nfe2", "student_nfe1"} and cfg.teacher.family == "sd3"
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss/gan_generator" in entry for entry in log) and all(math.isfinite(e.get("loss/dmd", 0.0)) for e in log)
+    student = tmp_path / "run" / "student"
+    assert json.loads((student / "student.json").read_text())["sigmas"] == [INF]
+    pipe = StableDiffusion3Pipeline.from_pretrained(student, text_encoder_3=None, tokenizer_3=None)
+    assert pipe.scheduler.config.shift == 1.0 and pipe.scheduler.config.stochastic_sampling is False

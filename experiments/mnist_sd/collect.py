@@ -51,26 +51,33 @@ def run_rows(run_dir: Path) -> tuple[list[str], dict]:
     return rows, summary
 
 
+def teacher_check_lines(check: Path) -> list[str]:
+    """The teacher-through-stock-diffusers table of teacher_check.json (none when it is absent)."""
+    if not check.is_file():
+        return []
+    data = json.loads(check.read_text())
+    lines = [f"## The teacher through stock diffusers ({data['steps']}-step {data['scheduler']}, {data['num_images']} images)", "",
+             "| guidance scale | prompt accuracy | ms / image |", "|---|---|---|"]
+    lines += [f"| {scale} | {row['prompt_accuracy']:.3f} | {1000 * row['seconds_per_image']:.1f} |" for scale, row in data["by_guidance_scale"].items()]
+    return lines + [""]
+
+
+def bench_lines(bench: Path) -> list[str]:
+    """The speed table of an eval.bench json (none when it is absent)."""
+    if not bench.is_file():
+        return []
+    data = json.loads(bench.read_text())
+    lines = ["## Speed in one run (`python -m eval.bench`, VAE decode included, the teacher guided as the student was distilled)", "",
+             "| sampler | NFE | ms / image | student speed-up | speed-up / NFE ratio (>= 0.8) | batch | device |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {e['nfe']} | {1000 * e['seconds_per_sample']:.2f} | {e['student_speedup']:.2f}x | {e['speedup_over_nfe']:.2f} | "
+              f"{e['batch_size']} | {e['device_name']} |" for label, e in data.items()]
+    return lines + [""]
+
+
 def main(run_dirs: list[str]) -> None:
     lines = ["# The miniature Stable Diffusion (zoo:mnist_sd) and its one-step students", "",
              "Written by `python experiments/mnist_sd/collect.py " + " ".join(run_dirs) + "`.", ""]
-    check = HERE / "teacher_check.json"
-    if check.is_file():
-        data = json.loads(check.read_text())
-        lines += [f"## The teacher through stock diffusers ({data['steps']}-step {data['scheduler']}, {data['num_images']} images)", "",
-                  "| guidance scale | prompt accuracy | ms / image |", "|---|---|---|"]
-        for scale, row in data["by_guidance_scale"].items():
-            lines.append(f"| {scale} | {row['prompt_accuracy']:.3f} | {1000 * row['seconds_per_image']:.1f} |")
-        lines.append("")
-    bench = HERE / "bench.json"
-    if bench.is_file():
-        data = json.loads(bench.read_text())
-        lines += ["## Speed in one run (`python -m eval.bench`, VAE decode included, the teacher guided as the student was distilled)", "",
-                  "| sampler | NFE | ms / image | student speed-up | speed-up / NFE ratio | batch | device |", "|---|---|---|---|---|---|---|"]
-        for label, e in data.items():
-            lines.append(f"| {label} | {e['nfe']} | {1000 * e['seconds_per_sample']:.2f} | {e['student_speedup']:.2f}x | "
-                         f"{e['speedup_over_nfe']:.2f} | {e['batch_size']} | {e['device_name']} |")
-        lines.append("")
+    lines += teacher_check_lines(HERE / "teacher_check.json") + bench_lines(HERE / "bench.json")
     lines += ["## Distillation runs (same seeds and prompts for every sampler)", "",
               "| run | sampler | NFE | domain FID [95%] | FID vs teacher | prompt accuracy | ms / image (decode incl.) | student speed-up |",
               "|---|---|---|---|---|---|---|---|"]

@@ -40,26 +40,33 @@ def prompt_accuracy(pipe, classifier, scale: float, num_images: int, batch_size:
     return correct / num_images, seconds / num_images
 
 
-def main() -> None:
+def arguments(teacher: str, steps: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="zoo:mnist_sd")
+    parser.add_argument("--teacher", default=teacher)
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
-    args = parser.parse_args()
-    pipe = StableDiffusionPipeline.from_pretrained(resolve_model_path(args.teacher))
-    pipe.set_progress_bar_config(disable=True)
+    return parser.parse_args()
+
+
+def check_scales(call, scheduler: str, args: argparse.Namespace, out: Path) -> None:
+    """Prompt accuracy and seconds per image of a pipeline call at each guidance scale; printed and written to out."""
     classifier = DomainClassifier.from_pretrained(zoo_path("mnist_classifier"), use_safetensors=True).eval()
     rows = {}
     for scale in args.scales:
-        acc, sec = prompt_accuracy(pipe, classifier, scale, args.num_images, args.batch_size, args.steps)
+        acc, sec = prompt_accuracy(call, classifier, scale, args.num_images, args.batch_size, args.steps)
         rows[str(scale)] = {"prompt_accuracy": acc, "seconds_per_image": sec}
-        print(f"guidance {scale:4}: prompt accuracy {acc:.3f}, {sec * 1000:.1f} ms/image ({args.steps}-step {type(pipe.scheduler).__name__})")
-    OUT.write_text(json.dumps({"teacher": args.teacher, "num_images": args.num_images, "steps": args.steps,
-                               "scheduler": type(pipe.scheduler).__name__, "torch_threads": torch.get_num_threads(),
-                               "by_guidance_scale": rows}, indent=2) + "\n")
+        print(f"guidance {scale:4}: prompt accuracy {acc:.3f}, {sec * 1000:.1f} ms/image ({args.steps}-step {scheduler})")
+    out.write_text(json.dumps({"teacher": args.teacher, "num_images": args.num_images, "steps": args.steps, "scheduler": scheduler,
+                               "torch_threads": torch.get_num_threads(), "by_guidance_scale": rows}, indent=2) + "\n")
 
+
+def main() -> None:
+    args = arguments("zoo:mnist_sd", 50)
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model_path(args.teacher))
+    pipe.set_progress_bar_config(disable=True)
+    check_scales(pipe, type(pipe.scheduler).__name__, args, OUT)
 
 if __name__ == "__main__":
     main()
