@@ -88,8 +88,9 @@ PRESETS = {"sd": ["experiment=mnist_sd_dmd2"],
 HEUN_2 = {"sd": "teacher_heun_nfe3", "sdxl": "teacher_heun_nfe3", "sd3": "teacher_heun_nfe2"}  # Heun's first step from t = 1 is Euler
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", pytest.param("sd3", marks=pytest.mark.slow)])  # sd3: CI time (its
-# loading by id is tested above, its distill/export/serve path in tests/test_sd3.py)
+@pytest.mark.parametrize("family", ["sd", pytest.param("sdxl", marks=pytest.mark.slow), pytest.param("sd3", marks=pytest.mark.slow)])
+# sdxl, sd3: CI time (their loading by id is tested above, their distill/export/serve paths in tests/test_sdxl.py and
+# tests/test_sd3.py; `make test-slow` runs them here)
 def test_a_text_teacher_by_hub_id_through_distill_export_eval_serve_and_both_benches(hub, tmp_path, monkeypatch, family):
     from distill.bench_train import main as bench_train_main
     from distill.export import main as export_main
