@@ -229,16 +229,21 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Te
     return unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
 
 
+def training_digits(data_cfg: DictConfig, teacher: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split's 28x28 labelled digits, padded to 32x32, for teacher=<teacher> (a miniature text model)."""
+    if data_cfg.get("source") not in ("mnist", "digits"):
+        raise ConfigError(f"teacher={teacher} trains on labelled digits (data=mnist); data.source={data_cfg.get('source')}")
+    images, labels = load_images(data_cfg, "train")
+    if images.shape[-1] != 28:
+        raise ConfigError(f"teacher={teacher} expects 28x28 digits (data=mnist); got {tuple(images.shape[1:])}")
+    return padded(images), labels
+
+
 def train_mini_sd(data_cfg: DictConfig, teacher_cfg: DictConfig, seed: int, max_steps: int | None = None, progress: bool = True):
     """Train the VAE, then the text encoder and UNet, on the training split; returns (LatentDenoiser, report dict)."""
     from teachers.latent import LatentDenoiser
 
-    if data_cfg.get("source") not in ("mnist", "digits"):
-        raise ConfigError(f"teacher=sd_mini trains on labelled digits (data=mnist); data.source={data_cfg.get('source')}")
-    images, labels = load_images(data_cfg, "train")
-    if images.shape[-1] != 28:
-        raise ConfigError(f"teacher=sd_mini expects 28x28 digits (data=mnist); got {tuple(images.shape[1:])}")
-    images = padded(images)
+    images, labels = training_digits(data_cfg, "sd_mini")
     net, fit = OmegaConf.to_container(teacher_cfg.net), OmegaConf.to_container(teacher_cfg.fit)
     tokenizer = build_tokenizer(all_captions(), net["text"]["max_length"])
     with torch.random.fork_rng():

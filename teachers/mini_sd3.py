@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from teachers.data import load_images
-from teachers.errors import ConfigError
-from teachers.mini_sd import (PHRASINGS, CaptionedLatents, all_captions, build_tokenizer, caption, latent_moments, padded,
-                              stroke_labels)
+from teachers.mini_sd import (PHRASINGS, CaptionedLatents, all_captions, build_tokenizer, caption, latent_moments, stroke_labels,
+                              training_digits)
 
 
 def build_sd3_components(tokenizer, *, text: dict, transformer: dict, scheduler: dict):
@@ -107,12 +105,7 @@ def train_mini_sd3(data_cfg: DictConfig, teacher_cfg: DictConfig, seed: int, max
     from teachers.sd3 import SD3Denoiser
     from teachers.zoo import resolve_model_path
 
-    if data_cfg.get("source") not in ("mnist", "digits"):
-        raise ConfigError(f"teacher=sd3_mini trains on labelled digits (data=mnist); data.source={data_cfg.get('source')}")
-    images, labels = load_images(data_cfg, "train")
-    if images.shape[-1] != 28:
-        raise ConfigError(f"teacher=sd3_mini expects 28x28 digits (data=mnist); got {tuple(images.shape[1:])}")
-    images = padded(images)
+    images, labels = training_digits(data_cfg, "sd3_mini")
     net, fit = OmegaConf.to_container(teacher_cfg.net), OmegaConf.to_container(teacher_cfg.fit)
     vae = AutoencoderKL.from_pretrained(resolve_model_path(net["vae_from"]), subfolder="vae").eval().requires_grad_(False)
     tokenizer = build_tokenizer(all_captions(), net["text"]["max_length"])

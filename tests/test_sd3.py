@@ -213,3 +213,18 @@ def test_the_mnist_sd3_preset_runs_a_few_steps_on_a_tiny_sd3_and_exports_a_stock
     assert json.loads((student / "student.json").read_text())["sigmas"] == [INF]
     pipe = StableDiffusion3Pipeline.from_pretrained(student, text_encoder_3=None, tokenizer_3=None)
     assert pipe.scheduler.config.shift == 1.0 and pipe.scheduler.config.stochastic_sampling is False
+
+
+def test_the_miniature_sd3_trainer_writes_a_folder_stock_diffusers_samples(tmp_path):
+    """teacher=sd3_mini for two steps: an SD3 folder without T5 whose VAE carries SD3's shift_factor, loaded by the
+    family door and sampled by the stock pipeline with its recorded max_sequence_length."""
+    from teachers.fit import run as train_teacher
+
+    folder = train_teacher(compose_config("teacher_train", ["data=mnist", "teacher=sd3_mini", "train.max_steps=2", f"run_dir={tmp_path}"]))
+    report = json.loads((folder / "train_report.json").read_text())
+    teacher = teachers.load(folder)
+    assert teacher.family == "sd3" and teacher.vae.config.shift_factor == report["shift_factor"] != 0
+    assert json.loads((folder / "distill.json").read_text())["max_sequence_length"] == 0
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+    images = pipe(["a handwritten seven"], num_inference_steps=2, guidance_scale=2.0, max_sequence_length=0, output_type="np").images
+    assert images.shape == (1, 32, 32, 1) and np.isfinite(images).all()
