@@ -67,6 +67,7 @@ def test_an_exported_dit_student_runs_in_stock_diffusers(tmp_path):
     torch.testing.assert_close(torch.from_numpy(stock).permute(0, 3, 1, 2), ours, atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow  # CI time (issue 34 added flow-teacher tests); make test-slow runs it
 def test_teacher_dit_validates_and_a_tiny_run_writes_its_outputs(dit_folder, tmp_path):
     overrides = ["experiment=mnist_dmd2", "teacher=dit", f"teacher.path={dit_folder}", "data.pad=2", "eval.center_crop=28",
                  "debug=cpu_tiny_sd", "eval.second_classifier=null", "eval.num_samples=32", "eval.quality_figures=false",

@@ -262,7 +262,7 @@ SMOKE = {  # preset: the tiny network of the paper's architecture it runs on (pr
 }
 
 
-@pytest.mark.parametrize("preset", SMOKE)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p.startswith("imagenet") else p for p in SMOKE])  # CI time
 def test_a_preset_distills_a_tiny_converted_network_whose_student_card_and_server_work(preset, persistence, tmp_path):
     from distill.loop import run
     from distill.serve.app import ServeSettings, create_app

@@ -134,6 +134,7 @@ def test_push_to_hub_dry_run_lists_the_files(tiny_run, tmp_path, capsys):
     assert {"README.md", "student.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"} <= set(hub_files(out))
 
 
+@pytest.mark.slow  # CI time (issue 34 added flow-teacher tests); make test-slow runs it
 def test_a_killed_export_leaves_the_old_folder_whole(tiny_run, tmp_path):
     out = export_main([str(tiny_run), "--out", str(tmp_path / "export")])
     before = {p: sha256_of(p) for p in out.rglob("*") if p.is_file()}

@@ -39,6 +39,7 @@ def test_the_teacher_row_comes_from_its_heun_sampler(tmp_path):
     assert row.split("|")[2].strip() == "3"
 
 
+@pytest.mark.slow  # CI time (issue 34 added flow-teacher tests); make test-slow runs it
 def test_each_step_adds_a_row_per_prefix_of_a_k_step_students_sigmas(tmp_path):
     import json
 

@@ -204,7 +204,8 @@ def test_the_mnist_sd3_preset_runs_a_few_steps_on_a_tiny_sd3_and_exports_a_stock
     from distill.loop import run
 
     cfg = compose_config("train", ["experiment=mnist_sd3_dmd2", "debug=cpu_tiny_sd", f"teacher.path={tiny_sd3_folder}",
-                                   f"run_dir={tmp_path / 'run'}", f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null"])
+                                   f"run_dir={tmp_path / 'run'}", f"eval.cache_dir={tmp_path / 'cache'}", "eval.second_classifier=null",
+                                   "eval.num_samples=32", "eval.quality_figures=false", "eval.cross_check=false"])
     metrics = run(cfg)
     assert set(metrics) == {"teacher_heun_nfe2", "student_nfe1"} and cfg.teacher.family == "sd3"
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]

@@ -40,6 +40,7 @@ def test_the_gan_stage_needs_a_stage_one_checkpoint(tiny_sd_folder, tmp_path, pr
         validate(cfg)
 
 
+@pytest.mark.slow  # CI time (issue 34 added flow-teacher tests); make test-slow runs it
 def test_gan_stage_starts_from_the_dmd_stage(tiny_sd_folder, tmp_path, prompt_file):
     """Stage 1 (mnist_sd, no GAN) for two steps, then a GAN stage from its checkpoint: fresh counters and optimizers,
     the stage-1 student's EMA weights as its start."""

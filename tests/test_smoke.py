@@ -104,6 +104,7 @@ def test_two_process_run_with_torchrun(tmp_path):
             assert two[label][name] == pytest.approx(one[label][name], rel=1e-6, abs=1e-12), (label, name)
 
 
+@pytest.mark.slow  # CI time (issue 34 added flow-teacher tests); make test-slow runs it
 def test_multirun_sweep_over_teachers_writes_one_run_each(tmp_path):
     done = _cli("-m", "distill", "-m", "experiment=toy_gmm", "debug=cpu_tiny", "teacher=mlp,gmm_exact", f"hydra.sweep.dir={tmp_path}", cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
