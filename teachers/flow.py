@@ -207,7 +207,11 @@ class TextFlowDenoiser(FrozenVAE, FlowDenoiser):
         given = "" if len(sigmas) == 1 else f", sigmas={[round(t, 6) for t in self.timesteps(sigmas)]}"
         if self.max_sequence_length != 256:
             given += f", max_sequence_length={self.max_sequence_length}"
-        return self.SNIPPET.format(prompts=list(prompts or ["a photo"])[:4], k=len(sigmas), given=given, load="{load}")  # {load}: the family's
+        return self.SNIPPET.format(prompts=list(prompts or ["a photo"])[:4], k=len(sigmas), given=given, **self.snippet_fields())
+
+    def snippet_fields(self) -> dict:
+        """The family's own fields of its SNIPPET (how the stock pipeline loads or is called)."""
+        return {}
 
     def card_facts(self) -> tuple[str, str]:
         return "text-to-image", (f"a stock `{self.PIPELINE}` with the `FlowMatchEulerDiscreteScheduler` stored here runs it "
@@ -230,14 +234,9 @@ class TextFlowDenoiser(FrozenVAE, FlowDenoiser):
 
     def save_pretrained(self, path, safe_serialization: bool = True, scheduler=None) -> None:
         """The family's stock pipeline folder plus distill.json; `scheduler` replaces the teacher's."""
-        import json
-        from pathlib import Path
+        from teachers.vp import save_pipeline_folder
 
-        from teachers.vp import EXTRA_FILE
-
-        self.pipeline(scheduler).save_pretrained(path, safe_serialization=safe_serialization)
-        (Path(path) / EXTRA_FILE).write_text(json.dumps(self.extra_config(), indent=2) + "\n")
-
+        save_pipeline_folder(self, path, safe_serialization, scheduler)
 
 def load_text_flow(cls, folder, dtype, key: str, transformer_class: str, text_parts):
     """A text flow family's adapter from a local pipeline folder (its check run first): the transformer of

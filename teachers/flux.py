@@ -16,7 +16,7 @@ import torch
 
 from teachers.errors import ConfigError
 from teachers.flow import TextFlowDenoiser, flux_mu, load_text_flow
-from teachers.folders import check_flux_folder
+from teachers.folders import check_flux_folder, refuse_cfg_on_guidance_embedding
 from teachers.latent import torch_dtype
 
 FLUX_TEXT_PARTS = (("text_encoder", "CLIPTextModel"), ("tokenizer", "CLIPTokenizer"),
@@ -30,7 +30,7 @@ from diffusers import FluxPipeline
 pipe = FluxPipeline.from_pretrained(".")  # this folder, or its hub id
 generator = torch.Generator().manual_seed(0)
 prompts = {prompts!r}
-images = pipe(prompts, num_inference_steps={k}, guidance_scale={{guidance}}, height={{size}}, width={{size}}, generator=generator{given}, output_type="np").images  # NHWC in [0, 1]
+images = pipe(prompts, num_inference_steps={k}, guidance_scale={guidance}, height={size}, width={size}, generator=generator{given}, output_type="np").images  # NHWC in [0, 1]
 '''
 
 check_folder = check_flux_folder  # the family's folder check (teachers.families)
@@ -96,10 +96,7 @@ class FluxDenoiser(TextFlowDenoiser):
         return unpack(tokens, h, w)
 
     def check_guidance(self, scale: float) -> None:
-        if self.guidance_distilled and scale != 1:
-            raise ConfigError(f"loss.guidance_scale={scale:g} asks for classifier-free guidance, but this Flux teacher is "
-                              f"guidance-distilled (guidance_embeds): its guidance is the embedding (guidance={self.guidance:g} in its "
-                              "distill.json), and its real score is the teacher at that embedding; set loss.guidance_scale=1")
+        refuse_cfg_on_guidance_embedding(self.guidance_distilled, scale)
 
     def encode_batch(self, prompts: list[str]):
         from tensordict import TensorDict
@@ -108,12 +105,9 @@ class FluxDenoiser(TextFlowDenoiser):
                                                           max_sequence_length=self.max_sequence_length)
         return TensorDict(prompt_embeds=embeds.float(), pooled=pooled.float(), batch_size=[len(prompts)], device=embeds.device)
 
-    def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
-        snippet = super().usage_snippet(sigmas, exact, prompts)
-        if snippet is None:
-            return None
-        guidance = self.guidance if self.guidance_distilled else 1.0
-        return snippet.replace("{load}", "").replace("{guidance}", f"{guidance:g}").replace("{size}", str(self.sample_size * self.vae_scale_factor))
+    def snippet_fields(self) -> dict:
+        """The guidance embedding the student keeps (1 for an undistilled Flux), and the image side."""
+        return {"guidance": f"{self.guidance if self.guidance_distilled else 1.0:g}", "size": self.sample_size * self.vae_scale_factor}
 
     def extra_config(self) -> dict:
         return super().extra_config() | {"guidance": self.guidance, "sample_size": self.sample_size}

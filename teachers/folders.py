@@ -22,8 +22,7 @@ DISCRETE_SCHEDULERS = (
 )
 DIT_COMPONENTS = ("transformer", "vae", "scheduler")
 SDXL_COMPONENTS = COMPONENTS + ("tokenizer_2", "text_encoder_2")
-SD3_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-FLUX_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+FLOW_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")  # SD3, Flux
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)  # rectified-flow schedulers the flow adapter reads (teachers.flow)
 TIME_EMBEDDING = "text_time"  # SDXL's addition_embed_type: pooled text embedding + size/crop time ids
 
@@ -58,18 +57,23 @@ def read_model_config(path: Path) -> dict:
         raise ConfigError(f"{Path(path) / CONFIG_FILE} is not a readable model config: {err}") from None
 
 
-def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tuple[str, ...] = COMPONENTS,
-                          addition_embed_type: str | None = None, what: str = "Stable Diffusion") -> None:
-    """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
-    not know, and a UNet whose extra conditioning (addition_embed_type) is not the family's, are refused before any
-    work."""
-    path = Path(path)
+def check_components(path: Path, key: str, components: tuple[str, ...], what: str) -> None:
+    """A diffusers pipeline folder (model_index.json) with every component folder, each missing one named."""
     if not (path / "model_index.json").is_file():
         raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
     missing = [name for name in components if not (path / name).is_dir()]
     if missing:
         raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} "
                           f"folder has {', '.join(components)}")
+
+
+def check_pipeline_folder(path: Path, key: str = "teacher.path", components: tuple[str, ...] = COMPONENTS,
+                          addition_embed_type: str | None = None, what: str = "Stable Diffusion") -> None:
+    """Every component a Stable Diffusion folder needs is there (each missing one named); a scheduler the adapter does
+    not know, and a UNet whose extra conditioning (addition_embed_type) is not the family's, are refused before any
+    work."""
+    path = Path(path)
+    check_components(path, key, components, what)
     scheduler = check_scheduler(path, key)
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
@@ -114,12 +118,7 @@ def check_flow_folder(path: Path, key: str, components: tuple[str, ...], what: s
     """A flow-matching pipeline folder: every component (each missing one named) and a flow-matching scheduler; a
     DDPM-style scheduler (a beta schedule: sigmas a flow network was not trained on) is refused. Its model_index."""
     path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise ConfigError(f"{key}={path} is not a diffusers pipeline folder (no model_index.json)")
-    missing = [name for name in components if not (path / name).is_dir()]
-    if missing:
-        raise ConfigError(f"{key}={path} is missing the pipeline component(s) {', '.join(missing)}; a {what} folder has "
-                          f"{', '.join(components)}")
+    check_components(path, key, components, what)
     scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
     if scheduler.get("_class_name") not in FLOW_SCHEDULERS:
         raise ConfigError(f"{key}={path}: scheduler {scheduler.get('_class_name')} is not a flow-matching scheduler; a {what} "
@@ -130,7 +129,7 @@ def check_flow_folder(path: Path, key: str, components: tuple[str, ...], what: s
 def check_sd3_folder(path: Path, key: str = "teacher.path") -> None:
     """A StableDiffusion3Pipeline folder: the transformer, VAE, both CLIP encoders and tokenizers, a flow scheduler;
     the T5 encoder is optional (the pipeline pads with zeros without it) but then both or neither of its parts."""
-    index = check_flow_folder(path, key, SD3_COMPONENTS, "Stable Diffusion 3")
+    index = check_flow_folder(path, key, FLOW_COMPONENTS, "Stable Diffusion 3")
     t5 = [name for name in ("text_encoder_3", "tokenizer_3") if (index.get(name) or [None])[0] is not None]
     if len(t5) == 1:
         raise ConfigError(f"{key}={path}: model_index.json names {t5[0]} but not its pair; give both text_encoder_3 and "
@@ -145,13 +144,19 @@ def check_flux_folder(path: Path, key: str = "teacher.path") -> None:
     if index and (index.get("text_encoder_2") or [None])[0] is None:
         raise ConfigError(f"{key}={path}: a Flux transformer reads T5 embeddings, but model_index.json has no text_encoder_2 "
                           "(T5EncoderModel); give the folder its T5 encoder and tokenizer_2")
-    check_flow_folder(path, key, FLUX_COMPONENTS, "Flux")
+    check_flow_folder(path, key, FLOW_COMPONENTS, "Flux")
 
 
 def check_flux_guidance(path: Path, scale: float, key: str = "loss.guidance_scale") -> None:
     """A guidance-distilled Flux (its transformer's guidance_embeds) takes its guidance as an embedding: CFG refused."""
     transformer = read_json(Path(path) / "transformer" / "config.json", "transformer config")
-    if transformer.get("guidance_embeds") and scale != 1:
+    refuse_cfg_on_guidance_embedding(bool(transformer.get("guidance_embeds")), scale, key)
+
+
+def refuse_cfg_on_guidance_embedding(guidance_distilled: bool, scale: float, key: str = "loss.guidance_scale") -> None:
+    """CFG (scale != 1) on a Flux that takes its guidance as an embedding is refused: at validation from its config,
+    and when a hub id's teacher loads (teachers.flux)."""
+    if guidance_distilled and scale != 1:
         raise ConfigError(f"{key}={scale:g} asks for classifier-free guidance, but this Flux teacher is guidance-distilled "
                           "(guidance_embeds): its guidance is the embedding (`guidance` in its distill.json, default 3.5), and its "
                           "real score is the teacher at that embedding; set loss.guidance_scale=1")

@@ -55,10 +55,9 @@ class SD3Denoiser(TextFlowDenoiser):
         return self.transformer(hidden_states=x_t.to(dtype), timestep=timestep, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
                                 pooled_projections=cond["pooled"].to(dtype), return_dict=False)[0]
 
-    def usage_snippet(self, sigmas: list[float], exact: bool, prompts: list[str] | None = None) -> str | None:
-        snippet = super().usage_snippet(sigmas, exact, prompts)
-        no_t5 = ", text_encoder_3=None, tokenizer_3=None" if self.__dict__["text_encoder_3"] is None else ""  # stock loading without T5
-        return None if snippet is None else snippet.replace("{load}", no_t5)
+    def snippet_fields(self) -> dict:
+        """Stock loading without T5 names the absent parts (diffusers does not take them as optional)."""
+        return {"load": ", text_encoder_3=None, tokenizer_3=None" if self.__dict__["text_encoder_3"] is None else ""}
 
     def encode_batch(self, prompts: list[str]):
         from tensordict import TensorDict

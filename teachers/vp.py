@@ -101,6 +101,13 @@ def read_extra(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def save_pipeline_folder(model, path, safe_serialization: bool = True, scheduler=None) -> None:
+    """A family's stock pipeline folder (`model.pipeline(scheduler)`) plus distill.json (`model.extra_config()`): what
+    VP and flow families alike write."""
+    model.pipeline(scheduler).save_pretrained(path, safe_serialization=safe_serialization)
+    (Path(path) / EXTRA_FILE).write_text(json.dumps(model.extra_config(), indent=2) + "\n")
+
+
 class VPDenoiser(Teacher, nn.Module):
     """D(x, sigma, cond) for a network trained on a DDPM-family schedule; subclasses call their network in
     `network_output(x_vp, t, cond)` and name it in `network`.
@@ -174,5 +181,4 @@ class VPDenoiser(Teacher, nn.Module):
     def save_pretrained(self, path, safe_serialization: bool = True, scheduler=None) -> None:
         """The family's pipeline folder (stock diffusers loads it) plus distill.json; `scheduler` replaces the
         teacher's in it (an exported student's is set for its own steps)."""
-        self.pipeline(scheduler).save_pretrained(path, safe_serialization=safe_serialization)
-        (Path(path) / EXTRA_FILE).write_text(json.dumps(self.extra_config(), indent=2) + "\n")
+        save_pipeline_folder(self, path, safe_serialization, scheduler)
