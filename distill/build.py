@@ -26,7 +26,7 @@ from distill.steps import Distiller, Draws, Networks, Settings, StepSampling, St
 from distill.terms import Needs, combined_needs
 from teachers.conditions import Conditions
 from teachers.errors import ConfigError
-from teachers.guidance import GuidedDenoiser
+from teachers.guidance import GuidedDenoiser, check_guidable
 
 
 def make_accelerator(run_dir: Path, deterministic: bool, mixed_precision: str = "no") -> Accelerator:
@@ -165,8 +165,10 @@ def prepare(cfg: DictConfig) -> Prepared:
     # Build the teacher, D_real, what the terms need, and the student and fake score as copies.
     teacher, real = task.setup_teacher(cfg, run_dir, accelerator)
     conditions = task.conditions(cfg, teacher, "train")
-    if cfg.loss.guidance_scale != 1:  # CFG on the real score only (DMD sec. 4); the fake score stays unguided
-        real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)
+    if cfg.loss.guidance_scale != 1:  # CFG on the real score (DMD sec. 4); the fake score stays unguided unless
+        real = GuidedDenoiser(teacher, cfg.loss.guidance_scale)  # loss.fake_guidance_scale says (SiD-LSG)
+    if cfg.loss.fake_guidance_scale != 1:
+        check_guidable(teacher, cfg.loss.fake_guidance_scale, "loss.fake_guidance_scale")
     fake_steps = cfg.student.num_steps if cfg.loss.step_aware_fake_score else 1
     state = build_state(teacher, cfg.optim, cfg.train.ema_decay, gan=needs.critic, seed=cfg.seed, fake_steps=fake_steps,
                         lora=cfg.get("lora"), gradient_checkpointing=cfg.train.gradient_checkpointing, fsdp=fsdp)  # fails early
@@ -176,7 +178,7 @@ def prepare(cfg: DictConfig) -> Prepared:
 
     # Prepare the networks for accelerate (DDP wraps them; FSDP shards them in place), then resume into them.
     plain_generator = StudentGenerator(state.student, cfg.student.sigmas)  # for main-process-only plots: no DDP collectives
-    critic = Critic(state.fake_score, state.gan_head, state.step_embedding)
+    critic = Critic(state.fake_score, state.gan_head, state.step_embedding, cfg.loss.fake_guidance_scale)
     if fsdp is None:
         generator, fake_ddp, opt_g, opt_f = accelerator.prepare(plain_generator, critic, state.student_optimizer, state.fake_optimizer)
     else:  # sharded already (FSDP2 units: each gathers its weights in its own forward); no DDP around them

@@ -12,7 +12,7 @@ from teachers.checks import check_mlp_teacher, check_sd_teacher, ddpm_sigma_rang
 from teachers.errors import ConfigError
 from teachers.families import Family
 from distill.terms import Needs, Term, build_terms, combined_needs
-from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, SAMPLER_NAMES
+from teachers.schema import MIXED_PRECISIONS, REAL_SCORES, REFERENCE_SPLITS, SAMPLER_NAMES, SIGMA_DISTRIBUTIONS
 
 
 
@@ -134,12 +134,16 @@ def check_terms(loss: DictConfig) -> Needs:
 def check_loss(loss: DictConfig) -> Needs:
     """The loss terms, guidance, and the noise ranges and pairs the terms draw from; returns the terms' needs."""
     needs = check_terms(loss)
-    _require(is_number(loss.guidance_scale) and loss.guidance_scale >= 0,
-             f"loss.guidance_scale={loss.guidance_scale}; it must be a number >= 0 (1 = no guidance)")
+    for key in ("guidance_scale", "fake_guidance_scale"):
+        _require(is_number(loss[key]) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0 (1 = no guidance)")
     for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
         _require(s.min is None or s.max is None or 0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")
         _require(0 <= s.t_min < s.t_max <= 1, f"loss.{name}.t_min={s.t_min}, loss.{name}.t_max={s.t_max}; need 0 <= t_min < t_max <= 1")
+        _require(s.distribution in SIGMA_DISTRIBUTIONS,
+                 f"loss.{name}.distribution={s.distribution}; allowed: {', '.join(SIGMA_DISTRIBUTIONS)}")
+        _require(is_number(s.p_mean) and is_number(s.p_std) and s.p_std > 0,
+                 f"loss.{name}.p_mean={s.p_mean}, loss.{name}.p_std={s.p_std}; need numbers with p_std > 0")
     _require(loss.pairs.sampler in SAMPLER_NAMES, f"loss.pairs.sampler={loss.pairs.sampler}; allowed: {', '.join(SAMPLER_NAMES)}")
     _check_positive(loss.pairs, "loss.pairs", ("num_pairs", "num_steps", "batch_size"))
     return needs
@@ -307,9 +311,10 @@ def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     _require(isinstance(cfg.deterministic, bool), f"deterministic={cfg.deterministic}; use true or false")
     kind = cfg.data.kind
     trained_here = cfg.teacher.path is None and cfg.teacher.get("kind") in ("mlp", "unet")  # latent teachers are never trained in the run
-    if cfg.loss.guidance_scale != 1 and trained_here and not cfg.teacher.get("net", {}).get("class_conditional"):
-        raise ConfigError(f"loss.guidance_scale={cfg.loss.guidance_scale} needs a class-conditional teacher; "
-                          "the teacher trained in this run is unconditional (use loss.guidance_scale=1)")
+    for key in ("guidance_scale", "fake_guidance_scale"):
+        if cfg.loss[key] != 1 and trained_here and not cfg.teacher.get("net", {}).get("class_conditional"):
+            raise ConfigError(f"loss.{key}={cfg.loss[key]} needs a class-conditional teacher; "
+                              f"the teacher trained in this run is unconditional (use loss.{key}=1)")
     if kind == "image":
         family = check_image_teacher(cfg.teacher, cfg.data)
     else:
@@ -319,7 +324,8 @@ def check(cfg: DictConfig, vp_tables: bool = True) -> Family:
     with open_dict(cfg.teacher):
         cfg.teacher.family = family.name  # recorded in config.yaml: export, eval and serve load with it
     if cfg.teacher.get("path") is not None:
-        family.check_guidance(cfg.teacher.path, cfg.loss.guidance_scale)
+        for key in ("guidance_scale", "fake_guidance_scale"):
+            family.check_guidance(cfg.teacher.path, cfg.loss[key], f"loss.{key}")
     check_sigma_ranges(cfg, teacher_sigma_range(cfg, vp_tables), fill=vp_tables)
     needs = check_loss(cfg.loss)
     check_gan_real_side(cfg, needs.critic)

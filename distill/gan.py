@@ -15,6 +15,7 @@ from torch import nn
 
 from distill.fake_score import StepEmbedding, module_output, probe_input
 from teachers.errors import ConfigError
+from teachers.guidance import guided_forward
 
 
 def find_bottleneck(denoiser: nn.Module) -> nn.Module:
@@ -73,15 +74,23 @@ class Critic(nn.Module):
     """D_fake and, with DMD2's GAN, its classifier head (and, with loss.step_aware_fake_score, its step embedding):
     one module, so one (DDP) forward gives both outputs."""
 
-    def __init__(self, fake_score: nn.Module, head: nn.Module | None, steps: StepEmbedding | None = None):
+    def __init__(self, fake_score: nn.Module, head: nn.Module | None, steps: StepEmbedding | None = None,
+                 guidance_scale: float = 1.0):
         super().__init__()
         self.fake_score, self.head, self.steps = fake_score, head, steps
+        self.guidance_scale = float(guidance_scale)  # SiD-LSG: D_fake guided as the real score (1: unguided, DMD's)
 
     def forward(self, x: torch.Tensor, sigma, cond=None, step: torch.Tensor | None = None, classify: tuple | None = None):
-        """x0 estimate of x (student samples made at `step`, which a step-aware D_fake reads); with
-        classify=(x_c, sigma_c[, cond_c[, step_c]]): (x0 estimate of x, real-vs-fake logits of x_c)."""
-        x0 = self.at_step(step, self.fake_score, x, sigma, cond)
+        """x0 estimate of x (student samples made at `step`, which a step-aware D_fake reads), guided where
+        loss.fake_guidance_scale says; with classify=(x_c, sigma_c[, cond_c[, step_c]]): (x0 estimate of x,
+        real-vs-fake logits of x_c)."""
+        x0 = self.at_step(step, self.denoise, x, sigma, cond)
         return x0 if classify is None else (x0, self.logits(*classify))
+
+    def denoise(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        if self.guidance_scale == 1:
+            return self.fake_score(x, sigma, cond)
+        return guided_forward(self.fake_score, self.guidance_scale, x, sigma, cond)
 
     def logits(self, x: torch.Tensor, sigma, cond=None, step: torch.Tensor | None = None) -> torch.Tensor:
         """Real-vs-fake logits (B,) of x noised to sigma (at `step`, when step-aware): the backbone runs up to its

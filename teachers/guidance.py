@@ -13,6 +13,25 @@ def guided_x0(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float) -> t
     return x0_uncond + scale * (x0_cond - x0_uncond)
 
 
+def check_guidable(denoiser: Teacher, scale: float, key: str = "loss.guidance_scale") -> None:
+    """CFG needs a null condition: a class-conditional teacher trained with a null class, or a text teacher."""
+    if denoiser.null_class is None and not denoiser.text_conditional:
+        raise ConfigError(
+            f"{key}={scale} needs a class-conditional teacher trained with a null class, or a "
+            f"text-to-image teacher; this teacher is unconditional (use {key}=1)"
+        )
+    denoiser.check_guidance(scale)
+
+
+def guided_forward(denoiser: Teacher, scale: float, x: torch.Tensor, sigma, cond) -> torch.Tensor:
+    """D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null)), both branches as one batch."""
+    null = denoiser.null_condition(cond)
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    x0 = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
+    x0_cond, x0_uncond = x0.chunk(2)
+    return guided_x0(x0_cond, x0_uncond, scale)
+
+
 class GuidedDenoiser(Teacher, nn.Module):
     """D_w(x, sigma, c) = D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null)); DMD's real score with CFG.
 
@@ -22,12 +41,7 @@ class GuidedDenoiser(Teacher, nn.Module):
 
     def __init__(self, denoiser: Teacher, scale: float):
         nn.Module.__init__(self)
-        if denoiser.null_class is None and not denoiser.text_conditional:
-            raise ConfigError(
-                f"loss.guidance_scale={scale} needs a class-conditional teacher trained with a null class, or a "
-                "text-to-image teacher; this teacher is unconditional (use loss.guidance_scale=1)"
-            )
-        denoiser.check_guidance(scale)
+        check_guidable(denoiser, scale)
         self.denoiser, self.scale = denoiser, float(scale)
         for name in ("family", "sigma_min", "sigma_max", "sigma_data", "shape", "num_classes", "null_class", "text_conditional", "latent"):
             setattr(self, name, getattr(denoiser, name))
@@ -46,8 +60,4 @@ class GuidedDenoiser(Teacher, nn.Module):
         return self.denoiser.noise_ramp(u, sigma_min, sigma_max, rho)
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        null = self.denoiser.null_condition(cond)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        x0 = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
-        x0_cond, x0_uncond = x0.chunk(2)
-        return guided_x0(x0_cond, x0_uncond, self.scale)
+        return guided_forward(self.denoiser, self.scale, x, sigma, cond)

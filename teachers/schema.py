@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 REAL_SCORES = ("network", "analytic")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
+SIGMA_DISTRIBUTIONS = ("ramp", "lognormal")  # loss.*.distribution: uniform t on the teacher's ramp, or EDM's lognormal
 SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m")  # eval.samplers.SAMPLERS (tests/test_fast_check.py checks they agree)
 REFERENCE_SPLITS = ("train", "test")
 
@@ -91,7 +92,8 @@ class OptimConfig:
 
 @dataclass
 class SigmaRange:
-    """A noise-level draw: EDM's rho-spaced sigmas between min and max at t in [t_min, t_max]; null min/max: the
+    """A noise-level draw: EDM's rho-spaced sigmas between min and max at t in [t_min, t_max] (distribution ramp), or
+    EDM's lognormal ln sigma ~ N(p_mean, p_std^2) clamped to [min, max] (distribution lognormal); null min/max: the
     teacher's own."""
 
     min: Optional[float] = None
@@ -99,6 +101,9 @@ class SigmaRange:
     rho: float = 7.0
     t_min: float = 0.02
     t_max: float = 0.98
+    distribution: str = "ramp"  # SIGMA_DISTRIBUTIONS
+    p_mean: float = -1.2  # EDM's training draw (lognormal only)
+    p_std: float = 1.2
 
 
 @dataclass
@@ -125,6 +130,7 @@ class LossConfig:
         "denoising": {"_target_": "distill.terms.Denoising", "weight": 1.0, "weighting": "auto"},
     })
     guidance_scale: float = 1.0  # CFG on the real score (1: none)
+    fake_guidance_scale: float = 1.0  # CFG on the fake score, in its training and where the student reads it (SiD-LSG)
     sigma: SigmaRange = field(default_factory=SigmaRange)  # the DMD loss's noise levels
     fake_sigma: SigmaRange = field(default_factory=_follows_sigma)  # the fake score's denoising loss's
     sigma_up_to_student_step: bool = False

@@ -22,3 +22,27 @@ def test_guidance_equals_uncond_plus_w_times_the_difference(scale):
 def test_guidance_on_an_unconditional_teacher_is_refused():
     with pytest.raises(ConfigError, match="loss.guidance_scale=2.0 needs a class-conditional teacher"):
         GuidedDenoiser(tiny_unet_denoiser(), 2.0)
+
+
+def test_lsg_fake_score_is_guided_in_training_and_where_the_student_reads_it():
+    """loss.fake_guidance_scale (SiD-LSG): the critic's x0 is the fake score's guided output, with gradients into its
+    weights (its training) and its input (SiD's generator loss); 1 is the fake score itself."""
+    from distill.gan import Critic
+
+    fake = tiny_unet_denoiser(num_classes=3).requires_grad_(True)
+    torch.nn.init.normal_(fake.unet.class_embedding.weight, std=1.0)
+    x, sigma, labels = torch.randn(4, 1, 8, 8, requires_grad=True), torch.tensor([0.3, 1.0, 5.0, 20.0]), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        expected = GuidedDenoiser(fake, 2.0)(x, sigma, labels)
+        torch.testing.assert_close(Critic(fake, None)(x, sigma, labels), fake(x, sigma, labels))
+    guided = Critic(fake, None, guidance_scale=2.0)(x, sigma, labels)
+    torch.testing.assert_close(guided, expected)
+    guided.square().sum().backward()
+    assert x.grad is not None and fake.unet.class_embedding.weight.grad.abs().sum() > 0
+
+
+def test_lsg_on_an_unconditional_teacher_is_refused():
+    from teachers.guidance import check_guidable
+
+    with pytest.raises(ConfigError, match="loss.fake_guidance_scale=2.0 needs a class-conditional teacher"):
+        check_guidable(tiny_unet_denoiser(), 2.0, "loss.fake_guidance_scale")

@@ -95,6 +95,15 @@ def test_dmd_sigma_stays_in_the_configured_ramp():
     assert 1.0 < float(sigma.median()) < 5.0  # the middle of the Karras ramp is ~2.5
 
 
+def test_lognormal_sigma_is_edms_training_draw_clamped_to_the_range():
+    """SiD's fake-score draw (EDM's P_mean -1.2, P_std 1.2): ln sigma's mean and spread, inside [min, max]."""
+    sigma = sample_dmd_sigma(20_000, **SIGMA, distribution="lognormal", p_mean=-1.2, p_std=1.2,
+                             generator=torch.Generator().manual_seed(0))
+    assert abs(float(sigma.log().mean()) + 1.2) < 0.05 and abs(float(sigma.log().std()) - 1.2) < 0.05
+    narrow = sample_dmd_sigma(1000, **(SIGMA | {"min": 0.1, "max": 0.5}), distribution="lognormal")
+    assert narrow.min() >= 0.1 and narrow.max() <= 0.5 and (narrow == 0.1).any() and (narrow == 0.5).any()
+
+
 def test_step_logs_stay_on_the_device_until_they_are_written():
     """No per-step reads of logged scalars (each is a host-device sync on a GPU); `scalars` reads them at log time."""
     teacher = MLPDenoiser(dim=2, hidden_dim=16, num_layers=1, emb_dim=8, sigma_data=1.0).eval().requires_grad_(False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.config import check_terms, loss_terms
+from distill.config import check_loss, check_terms, loss_terms
 from distill.losses import sid_loss
 from distill.steps import weighted_sum
 from distill.terms import SiD, build_terms
@@ -127,6 +127,16 @@ def test_every_preset_keeps_its_gradients(preset):
 def test_bad_terms_are_one_line_each(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_terms(compose_config("train", ["experiment=toy_gmm", *overrides]).loss)  # the last experiment= wins
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.fake_sigma.distribution=uniform"], r"loss.fake_sigma.distribution=uniform; allowed: ramp, lognormal"),
+    (["loss.fake_guidance_scale=-1"], r"loss.fake_guidance_scale=-1(\.0)?; it must be a number >= 0"),
+    (["loss.fake_sigma.p_std=0"], r"loss.fake_sigma.p_mean=-1.2, loss.fake_sigma.p_std=0(\.0)?; need numbers with p_std > 0"),
+])
+def test_bad_noise_draws_and_guidance_are_one_line_each(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_loss(compose_config("train", ["experiment=mnist_sid", *overrides]).loss)
 
 
 def test_a_presets_weights_for_a_term_the_loss_group_leaves_out_are_ignored(caplog):

@@ -1,7 +1,8 @@
 """Write experiments/methods/README.md's table from the runs of experiments/methods/run.sh:
 `python experiments/methods/collect.py ROOT OUT.md`.
 
-One row per run: the method (its student terms), the teacher, the seed, the updates made in the budget; in each
+One row per run: the method (its student terms), the teacher, the seed, SiD's alpha, the student's input noise level,
+the Adams' beta1, how the fake score's noise levels were drawn, the real score's guidance, the updates made in the budget; in each
 feature space the student's FID with its 95% interval beside the teacher's full sampler, the ratio, and recall; the
 class TV of student and teacher (their class spread against the reference images'), or prompt accuracy."""
 from __future__ import annotations
@@ -29,8 +30,11 @@ def row(run: dict) -> dict:
     metrics = run["metrics"]
     student = next(v for k, v in metrics.items() if k.startswith("student"))
     teacher = metrics[full_teacher(metrics)]
+    terms = run["config"]["loss"]["student"]
     out = {"run": run["run"], "method": method(run), "teacher": run_value(run, "teacher.path"), "seed": run_value(run, "seed"),
-           "updates": run["last_log"].get("step")}
+           "alpha": (terms.get("sid") or {}).get("alpha", ""), "sigma_init": (run_value(run, "student.sigmas") or ["sigma_max"])[0],
+           "beta1": run_value(run, "optim.betas")[0], "fake sigma draw": run_value(run, "loss.fake_sigma.distribution") or "ramp",
+           "guidance": run_value(run, "loss.guidance_scale"), "updates": run["last_log"].get("step")}
     out |= space("A", student, teacher)
     if "second_extractor" in student:
         out |= space("B", student["second_extractor"], teacher["second_extractor"])
