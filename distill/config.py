@@ -136,6 +136,9 @@ def check_loss(loss: DictConfig) -> Needs:
     needs = check_terms(loss)
     for key in ("guidance_scale", "fake_guidance_scale"):
         _require(is_number(loss[key]) and loss[key] >= 0, f"loss.{key}={loss[key]}; it must be a number >= 0 (1 = no guidance)")
+    _require(loss.fake_guidance_scale == 1 or not loss.step_aware_fake_score,
+             f"loss.fake_guidance_scale={loss.fake_guidance_scale} with loss.step_aware_fake_score=true: the step "
+             "embedding reads one step per sample, the guided fake score runs two branches; use one of them")
     for name in ("sigma", "fake_sigma", "gan_sigma"):
         s = loss[name]
         _require(s.min is None or s.max is None or 0 < s.min < s.max, f"loss.{name}.min={s.min}, loss.{name}.max={s.max}; need 0 < min < max")

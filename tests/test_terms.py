@@ -132,6 +132,7 @@ def test_bad_terms_are_one_line_each(overrides, message):
 @pytest.mark.parametrize("overrides, message", [
     (["loss.fake_sigma.distribution=uniform"], r"loss.fake_sigma.distribution=uniform; allowed: ramp, lognormal"),
     (["loss.fake_guidance_scale=-1"], r"loss.fake_guidance_scale=-1(\.0)?; it must be a number >= 0"),
+    (["loss.fake_guidance_scale=2", "loss.step_aware_fake_score=true"], r"with loss.step_aware_fake_score=true: the step"),
     (["loss.fake_sigma.p_std=0"], r"loss.fake_sigma.p_mean=-1.2, loss.fake_sigma.p_std=0(\.0)?; need numbers with p_std > 0"),
 ])
 def test_bad_noise_draws_and_guidance_are_one_line_each(overrides, message):

@@ -2,7 +2,7 @@
 `python experiments/methods/collect.py ROOT OUT.md`.
 
 One row per run: the method (its student terms), the teacher, the seed, SiD's alpha, the student's input noise level,
-the Adams' beta1, how the fake score's noise levels were drawn, the real score's guidance, the updates made in the budget; in each
+the Adams' beta1, how the fake score's noise levels were drawn, the real score's guidance and the fake score's (SiD-LSG), the updates made in the budget; in each
 feature space the student's FID with its 95% interval beside the teacher's full sampler, the ratio, and recall; the
 class TV of student and teacher (their class spread against the reference images'), or prompt accuracy."""
 from __future__ import annotations
@@ -19,6 +19,12 @@ def method(run: dict) -> str:
     return " + ".join(name for name, node in terms.items() if node and node.get("_target_") and node.get("weight", 0) > 0)
 
 
+def value_or(run: dict, key: str, default):
+    """A config value, or what it was before the key existed (runs of earlier commits)."""
+    value = run_value(run, key)
+    return default if value is None else value
+
+
 def space(prefix: str, student: dict, teacher: dict) -> dict:
     return {f"{prefix} student FID [95%]": f"{format_cell(student['fid'])} {format_cell(student['fid_ci95'])}",
             f"{prefix} teacher FID [95%]": f"{format_cell(teacher['fid'])} {format_cell(teacher['fid_ci95'])}",
@@ -33,8 +39,9 @@ def row(run: dict) -> dict:
     terms = run["config"]["loss"]["student"]
     out = {"run": run["run"], "method": method(run), "teacher": run_value(run, "teacher.path"), "seed": run_value(run, "seed"),
            "alpha": (terms.get("sid") or {}).get("alpha", ""), "sigma_init": (run_value(run, "student.sigmas") or ["sigma_max"])[0],
-           "beta1": run_value(run, "optim.betas")[0], "fake sigma draw": run_value(run, "loss.fake_sigma.distribution") or "ramp",
-           "guidance": run_value(run, "loss.guidance_scale"), "updates": run["last_log"].get("step")}
+           "beta1": run_value(run, "optim.betas")[0], "fake sigma draw": value_or(run, "loss.fake_sigma.distribution", "ramp"),
+           "guidance": run_value(run, "loss.guidance_scale"), "fake guidance": value_or(run, "loss.fake_guidance_scale", 1.0),
+           "updates": run["last_log"].get("step")}
     out |= space("A", student, teacher)
     if "second_extractor" in student:
         out |= space("B", student["second_extractor"], teacher["second_extractor"])

@@ -16,7 +16,7 @@ SEEDS=${SEEDS:-0 1}
 JOBS=${JOBS:-1}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 TAG=${TAG:-}
-THREADS=$(( JOBS == 1 ? 2 : 1 ))
+THREADS=${THREADS:-$(( JOBS == 1 ? 2 : 1 ))}  # threads per run
 declare -A PRESET=([uncond_dmd2]=mnist_dmd2_fast [cond_dmd2]=mnist_dmd2_fast [sd_dmd2]=mnist_sd_dmd2
                    [uncond_sid]=mnist_sid [cond_sid]=mnist_sid [sd_sid]=mnist_sd_sid
                    [uncond_sida]=mnist_sida [cond_sida]=mnist_sida)
