@@ -16,6 +16,6 @@ def sample_dmd_sigma(
     clamped to [min, max]."""
     if distribution == "lognormal":
         sigma = (p_mean + p_std * torch.randn(n, generator=generator, device=device)).exp()
-        return sigma.clamp(min, max)
+        return sigma.clamp(min=min).clamp(max=max)  # max may be per sample (loss.sigma_up_to_student_step)
     t = t_min + (t_max - t_min) * torch.rand(n, generator=generator, device=device)
     return ramp(t, min, max, rho)

@@ -102,6 +102,9 @@ def test_lognormal_sigma_is_edms_training_draw_clamped_to_the_range():
     assert abs(float(sigma.log().mean()) + 1.2) < 0.05 and abs(float(sigma.log().std()) - 1.2) < 0.05
     narrow = sample_dmd_sigma(1000, **(SIGMA | {"min": 0.1, "max": 0.5}), distribution="lognormal")
     assert narrow.min() >= 0.1 and narrow.max() <= 0.5 and (narrow == 0.1).any() and (narrow == 0.5).any()
+    per_sample_max = torch.tensor([80.0, 1.5] * 500)  # a k-step student's step sigmas (loss.sigma_up_to_student_step)
+    capped = sample_dmd_sigma(1000, **(SIGMA | {"max": per_sample_max}), distribution="lognormal", p_mean=1.0)
+    assert (capped <= per_sample_max).all() and (capped[1::2] == 1.5).any() and capped[0::2].max() > 1.5
 
 
 def test_step_logs_stay_on_the_device_until_they_are_written():
